@@ -1,0 +1,78 @@
+"""Local logins: the slow hash runs once per password, wrong or changed ones never hit the cache."""
+
+from relay.config.models import AuthPolicy, User, Users
+from relay.local_auth import LocalAuthenticator
+from relay.passwords import hash_password, verify_password
+from relay.protocols.base import Failure
+
+
+def users_with(password, protocols=("imap", "smtp")):
+    user = User(name="alice", password_hash=hash_password(password), protocols=protocols,
+                account="alice@contoso.com", app="contoso")
+    return Users(path="users.yaml", by_name={"alice": user})
+
+
+class CountingOffload:
+    def __init__(self):
+        self.calls = 0
+
+    def __call__(self, function, *args):
+        self.calls += 1
+        return function(*args)
+
+
+def test_repeated_login_hashes_once():
+    offload = CountingOffload()
+    auth = LocalAuthenticator(users_with("right"), AuthPolicy(), offload)
+    for _ in range(3):
+        user, failure, _ = auth.check("alice", "right", "imap", "127.0.0.1")
+        assert failure is None and user.name == "alice"
+    assert offload.calls == 1
+
+
+def test_wrong_password_always_pays_the_hash_and_fails():
+    offload = CountingOffload()
+    auth = LocalAuthenticator(users_with("right"), AuthPolicy(), offload)
+    auth.check("alice", "right", "imap", "127.0.0.1")
+    for _ in range(2):
+        assert auth.check("alice", "wrong", "imap", "127.0.0.1")[1] is Failure.BAD_CREDENTIALS
+    assert offload.calls == 3
+
+
+def test_changed_password_takes_effect_despite_the_cache():
+    auth = LocalAuthenticator(users_with("old"), AuthPolicy())
+    assert auth.check("alice", "old", "imap", "127.0.0.1")[1] is None
+    auth.swap_users(users_with("new"))
+    assert auth.check("alice", "old", "imap", "127.0.0.1")[1] is Failure.BAD_CREDENTIALS
+    assert auth.check("alice", "new", "imap", "127.0.0.1")[1] is None
+
+
+def test_unknown_user_costs_a_hash_too():
+    offload = CountingOffload()
+    auth = LocalAuthenticator(users_with("right"), AuthPolicy(), offload)
+    user, failure, reason = auth.check("mallory", "x", "imap", "127.0.0.1")
+    assert user is None and failure is Failure.BAD_CREDENTIALS and reason == "unknown local user"
+    assert offload.calls == 1
+
+
+def test_protocol_permission():
+    auth = LocalAuthenticator(users_with("right", protocols=("smtp",)), AuthPolicy())
+    assert auth.check("alice", "right", "imap", "127.0.0.1")[1] is Failure.NOT_PERMITTED
+    assert auth.check("alice", "right", "smtp", "127.0.0.1")[1] is None
+
+
+def test_repeated_failures_from_one_address_are_throttled():
+    auth = LocalAuthenticator(users_with("right"), AuthPolicy(max_failures=3))
+    for _ in range(3):
+        auth.check("alice", "wrong", "imap", "10.0.0.9")
+    user, failure, reason = auth.check("alice", "right", "imap", "10.0.0.9")
+    assert failure is Failure.BAD_CREDENTIALS and "too many failed logins" in reason
+    assert auth.check("alice", "right", "imap", "127.0.0.1")[1] is None  # other addresses unaffected
+
+
+def test_hash_format_and_awkward_passwords():
+    for password in ("", " spaced out ", 'quote"back\\slash', "ünïcødé €", "%*"):
+        encoded = hash_password(password, log_n=10)
+        assert encoded.startswith("$scrypt$ln=10,r=8,p=1$")
+        assert verify_password(password, encoded) and not verify_password(password + "x", encoded)
+    assert not verify_password("x", "$scrypt$garbage")
