@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import os
 import sys
 from typing import List, Optional
 
 from relay import __version__
 from relay.config import ConfigInvalid, default_config_path, load_config
+from relay.config.models import Users
 
 EX_CONFIG = 78  # sysexits.h: systemd's RestartPreventExitStatus=78 stops a restart loop
 
@@ -111,14 +113,21 @@ def _read_password(from_stdin: bool) -> Optional[str]:
     return first
 
 
+def _users_path(args) -> str:
+    # `user add` creates the users file on first use; everything else needs it to exist.
+    config, _ = _load(args, with_users=False)
+    return config.users_file if config else ""
+
+
 def cmd_user(args) -> int:
     from relay import users_file
     from relay.passwords import hash_password
 
-    config, users = _load(args)
+    config, users = _load(args, with_users=os.path.exists(_users_path(args)))
     if config is None:
         return EX_CONFIG
     if args.action == "list":
+        users = users or Users(path=config.users_file)
         for user in users.by_name.values():
             mailbox = f" mailbox={user.mailbox}" if user.mailbox else ""
             print(f"{user.name}\taccount={user.account}{mailbox}\tapp={user.app}\tprotocols={','.join(user.protocols)}")
