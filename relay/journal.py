@@ -70,9 +70,17 @@ class _SinkLogger:
     log = debug = info = warning = warn = error = critical = exception = fatal = msg
 
 
+def _mask_b64(match) -> str:
+    # Secrets are random: a run of 32 characters mixes upper case, lower case and digits.
+    # Paths (state_dir=/tmp/pytest-of-root/...) rarely do, and must stay readable.
+    run = match.group(0)
+    mixed = any(c.isupper() for c in run) and any(c.islower() for c in run) and any(c.isdigit() for c in run)
+    return REDACTED if mixed or not run.startswith("/") else run
+
+
 def redact_text(text: str) -> str:
     text = _BEARER.sub(lambda m: m.group(1) + REDACTED, text)
-    return _LONG_B64.sub(REDACTED, text)
+    return _LONG_B64.sub(_mask_b64, text)
 
 
 def redact_wire_line(line: str) -> str:

@@ -7,6 +7,8 @@ from tests.e2e.harness import Relay
 
 @pytest.fixture(scope="session")
 def relay(bed, tmp_path_factory):
-    instance = Relay(bed, tmp_path_factory.mktemp("relay")).start()
-    yield instance
-    instance.stop()
+    instance = Relay(bed, tmp_path_factory.mktemp("relay"))
+    try:
+        yield instance.start()
+    finally:
+        instance.stop()
