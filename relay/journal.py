@@ -25,6 +25,9 @@ SECRET_KEYS = re.compile(r"pass(word)?|secret|token|assertion|sasl|credential|au
 # Bearer tokens and XOAUTH2 strings, and long runs of base64 (SASL payloads, JWTs).
 _BEARER = re.compile(r"(Bearer\s+)\S+", re.IGNORECASE)
 _LONG_B64 = re.compile(r"[A-Za-z0-9+/_\-]{32,}={0,2}(?:\.[A-Za-z0-9_\-]+)*")
+# Capitalised words run together, as PowerShell parameters are (-SmtpClientAuthenticationDisabled
+# in the fix for SMTP 5.7.139): words, never a secret, and an admin must be able to read them.
+_CAMEL_WORDS = re.compile(r"-?(?:[A-Z][a-z]+)+")
 # Protocol commands whose arguments are secrets, with an optional IMAP tag in front.
 _SECRET_COMMAND = re.compile(
     r"^(?P<head>(?:[^\s]+\s+)?(?:LOGIN|AUTHENTICATE|AUTH|PASS)\b)(?P<args>.*)$", re.IGNORECASE)
@@ -74,6 +77,8 @@ def _mask_b64(match) -> str:
     # Secrets are random: a run of 32 characters mixes upper case, lower case and digits.
     # Paths (state_dir=/tmp/pytest-of-root/...) rarely do, and must stay readable.
     run = match.group(0)
+    if _CAMEL_WORDS.fullmatch(run):
+        return run
     mixed = any(c.isupper() for c in run) and any(c.islower() for c in run) and any(c.isdigit() for c in run)
     return REDACTED if mixed or not run.startswith("/") else run
 

@@ -8,7 +8,9 @@ from typing import List, Tuple
 from relay.upstream.connection import UpstreamConnection
 from relay.upstream.errors import MailboxInUse, TokenRefused, UpstreamError
 
-_TRANSIENT = re.compile(r"\[SYS/TEMP\]|unavailable|throttl|try again", re.IGNORECASE)
+# Answers that say "not now" or "not a token problem" (RFC 2449 [SYS/...], [LOGIN-DELAY]): a
+# fresh token would not help, so the relay neither refreshes nor asks for a new sign-in.
+_TRANSIENT = re.compile(r"\[SYS/|\[LOGIN-DELAY\]|unavailable|throttl|try again", re.IGNORECASE)
 
 
 def _ok(conn: UpstreamConnection, what: str) -> str:
