@@ -156,14 +156,15 @@ class Session:
                 gevent.sleep(self.config.auth.failure_delay)
             return LoginResult(ok=False, failure=failure)
         mailbox = user.target_mailbox
-        if not self.services.sessions.acquire(mailbox):
-            self.log.warning("login_refused", reason=f"{self.config.limits.sessions_per_mailbox} sessions "
-                                                     f"already open for {mailbox}")
+        slot = f"{protocol}:{mailbox}"  # Office 365 counts each protocol's sessions apart
+        if not self.services.sessions.acquire(slot):
+            self.log.warning("login_refused", reason=f"{self.config.limits.sessions_per_mailbox} {protocol} "
+                                                     f"sessions already open for {mailbox}")
             return LoginResult(ok=False, failure=Failure.TOO_MANY_SESSIONS)
-        self.mailbox_held = mailbox
+        self.mailbox_held = slot
         result = self._login_upstream(user)
         if not result.ok:
-            self.services.sessions.release(mailbox)
+            self.services.sessions.release(slot)
             self.mailbox_held = None
         return result
 
@@ -181,10 +182,11 @@ class Session:
             return LoginResult(ok=False, failure=Failure.UNAVAILABLE)
         except SmtpAuthDisabled as exc:
             self.log.error("login_smtp_auth_disabled", account=user.account, answer=exc.answer, fix=exc.admin_fix)
-            return LoginResult(ok=False, failure=exc.failure)
+            return LoginResult(ok=False, failure=exc.failure, text="See https://aka.ms/smtp_auth_disabled")
         except UpstreamError as exc:
             self.log.warning("login_upstream_failed", account=user.account, reason=exc.reason, answer=exc.answer)
-            text = "(Office 365 refused the relay's token.)" if exc.failure is Failure.NEEDS_SIGNIN else ""
+            text = {Failure.NEEDS_SIGNIN: "(Office 365 refused the relay's token.)",
+                    Failure.NOT_PERMITTED: "(Office 365 refused access to this mailbox.)"}.get(exc.failure, "")
             return LoginResult(ok=False, failure=exc.failure, text=text)
         self.services.capabilities.learn(protocol, capabilities)
         activity.record_login(self.config.state_dir, user.name, protocol)

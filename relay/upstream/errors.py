@@ -22,6 +22,14 @@ class TokenRefused(UpstreamError):
     failure = Failure.NEEDS_SIGNIN
 
 
+class MailboxRefused(UpstreamError):
+    """The upstream refused even a freshly refreshed token: the sign-in itself is fine (a new
+    `oauth-relay login` would not help), but the account may not open that mailbox: a shared
+    mailbox without Full Access, or the protocol switched off for the mailbox."""
+
+    failure = Failure.NOT_PERMITTED
+
+
 class SmtpAuthDisabled(UpstreamError):
     """Office 365 535 5.7.139: SMTP AUTH is switched off for the tenant or the mailbox."""
 

@@ -8,7 +8,7 @@ from typing import Tuple
 from relay.config.models import Config, User
 from relay.upstream import imap, pop3, smtp
 from relay.upstream.connection import UpstreamConnection
-from relay.upstream.errors import TokenRefused
+from relay.upstream.errors import MailboxRefused, TokenRefused
 from relay.upstream.xoauth2 import xoauth2
 
 
@@ -46,7 +46,9 @@ def open_upstream(protocol: str, config: Config, user: User, tokens, context: ss
         except TokenRefused as exc:
             conn.close()
             if attempt == 2:
-                raise
+                raise MailboxRefused(f"{exc.reason} even with a freshly refreshed token: the account may lack "
+                                     f"access to {identity}, or {protocol} may be switched off for it",
+                                     exc.answer) from exc
             log.info("upstream_refused_token", answer=exc.answer, action="refreshing the token once")
             token = tokens.access_token(user.account, user.app, force_refresh=True)
         except BaseException:
