@@ -36,6 +36,7 @@ setup(
             "pytest-xdist>=3",
             "pytest-timeout>=2.1",
             "trustme>=1.0",
+            "getmail6>=6.18",  # a real legacy POP3 collector for the end-to-end tests
         ],
     },
     entry_points={"console_scripts": ["oauth-relay = relay.cli:main"]},

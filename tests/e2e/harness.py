@@ -44,7 +44,8 @@ def wait_for(predicate, timeout: float, what: str, interval: float = 0.05):
 class Relay:
     __test__ = False
 
-    def __init__(self, bed, root: Path, extra_yaml: str = ""):
+    def __init__(self, bed, root: Path, extra_yaml: str = "", limits: Optional[Dict[str, float]] = None,
+                 journal_level: str = "full-debug", auth: Optional[Dict[str, object]] = None):
         self.bed = bed
         self.root = root
         self.config = root / "relay.yaml"
@@ -52,6 +53,12 @@ class Relay:
         self.ports: Dict[str, int] = {f"{p}-{s}": free_port() for p, s in LISTENERS}
         self.client_id = bed.idp.register_app(type="public")
         self.process: Optional[subprocess.Popen] = None
+        self.journal_level = journal_level   # benchmarks run at info: full-debug logs every byte
+        # `limits` overrides single keys of the config's limits mapping (extra_yaml cannot:
+        # it appends keys, and a second `limits:` would be a duplicate).
+        self.limits = {"preauth_timeout": 20, **(limits or {})}
+        # `auth` overrides single keys of the auth mapping, e.g. {"plaintext_from": "[]"}.
+        self.auth = {"failure_delay": 0, "max_failures": 100000, **(auth or {})}
         self._write_config(extra_yaml)
 
     def _write_config(self, extra_yaml: str) -> None:
@@ -61,7 +68,7 @@ class Relay:
             for p, s in LISTENERS)
         bed = self.bed
         self.config.write_text(f"""\
-journal: {{level: full-debug, file: {self.journal}}}
+journal: {{level: {self.journal_level}, file: {self.journal}}}
 state_dir: {self.root / 'state'}
 runtime_dir: {self.root / 'run'}
 users: users.yaml
@@ -80,8 +87,8 @@ apps:
     flow: device_code
     authority: {bed.idp.authority()}
 listeners:
-{listeners}auth: {{failure_delay: 0, max_failures: 100000}}
-limits: {{preauth_timeout: 20}}
+{listeners}auth: {{{", ".join(f"{key}: {value}" for key, value in self.auth.items())}}}
+limits: {{{", ".join(f"{key}: {value}" for key, value in self.limits.items())}}}
 {extra_yaml}""")
         (self.root / "users.yaml").write_text("# users of the end-to-end tests\n")
 
