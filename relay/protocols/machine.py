@@ -29,7 +29,7 @@ REDACTED = "<redacted>"
 LONG_LINE_TRACE = "<over-long line discarded>"
 
 NEEDS_SIGNIN_TEXT = (
-    "The relay's Office 365 sign-in for this account has expired;"
+    "The relay has no valid Office 365 sign-in for this account;"
     " the administrator must run 'oauth-relay login'."
 )
 SMTP_AUTH_DISABLED_TEXT = "SMTP AUTH is disabled for this mailbox or tenant in Office 365."

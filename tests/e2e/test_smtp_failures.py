@@ -23,7 +23,7 @@ from tests.e2e.smtp_support import (RawSmtp, assert_delivered_as_sent, assert_no
 
 pytestmark = pytest.mark.timeout(120)
 ASCII_PASSWORD = "failures pass"
-NEEDS_SIGNIN = ("535 5.7.8 The relay's Office 365 sign-in for this account has expired;"
+NEEDS_SIGNIN = ("535 5.7.8 The relay has no valid Office 365 sign-in for this account;"
                 " the administrator must run 'oauth-relay login'.")
 
 
