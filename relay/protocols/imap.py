@@ -27,6 +27,7 @@ from .machine import (
     TOO_MANY_SESSIONS_TEXT,
     UNAVAILABLE_TEXT,
     Machine,
+    auth_trace,
     failure_of,
     printable,
     redact_unexpected,
@@ -315,16 +316,8 @@ class ImapMachine(Machine):
             self._plain_response(tag, answer)
 
     def _plain_response(self, tag: str, response: bytes) -> None:
-        try:
-            credentials = sasl.decode_plain(response)
-        except sasl.SaslError as error:
-            self._bad("%s BAD %s" % (tag, error))
-            return
-        if credentials.asks_for_other_identity:
-            self._send(tag + " NO [AUTHORIZATIONFAILED] " + AUTHZID_TEXT)
-            return
-        self._login_tag = tag
-        self._request_login(credentials.authcid, credentials.password)
+        self._login_tag = tag  # read only once a Login is under way
+        self._plain_login(response, tag + " BAD ", tag + " NO [AUTHORIZATIONFAILED] " + AUTHZID_TEXT)
 
     # ----- journal
 
@@ -334,8 +327,7 @@ class ImapMachine(Machine):
             return "%s %s" % (prefix, _login_trace(command.segments))
         if command.name == b"AUTHENTICATE":
             mechanism, _, initial = command.segments[0].partition(b" ")
-            shown = [prefix, printable(mechanism), REDACTED if initial else ""]
-            return " ".join(word for word in shown if word)
+            return auth_trace(prefix, mechanism, initial)
         arguments = b"".join(
             b"<literal>" if isinstance(part, Literal) else part for part in command.segments
         )

@@ -11,6 +11,7 @@ import enum
 import re
 from typing import List
 
+from . import sasl
 from .base import (
     Action,
     Close,
@@ -63,6 +64,12 @@ def redact_unexpected(text: str) -> str:
     if match is None:
         return text
     return text[: match.end()] + " " + REDACTED
+
+
+def auth_trace(command: str, mechanism: bytes, initial: bytes) -> str:
+    """An AUTH / AUTHENTICATE command as journal text: its mechanism, never its initial response."""
+    words = [command, printable(mechanism), REDACTED if initial else ""]
+    return " ".join(word for word in words if word)
 
 
 def failure_of(result: LoginResult) -> Failure:
@@ -183,6 +190,19 @@ class Machine:
         if self._bad_commands >= self.ctx.garbage_budget:
             self._send(self._goodbye_line())
             self._close("too many bad commands")
+
+    def _plain_login(self, response: bytes, malformed: str, other_identity: str) -> None:
+        """Log in with a SASL PLAIN response; answer `malformed` + the reason to one that does
+        not decode (a bad command), `other_identity` to one that names another user."""
+        try:
+            credentials = sasl.decode_plain(response)
+        except sasl.SaslError as error:
+            self._bad("%s%s" % (malformed, error))
+            return
+        if credentials.asks_for_other_identity:
+            self._send(other_identity)
+            return
+        self._request_login(credentials.authcid, credentials.password)
 
     def _request_login(self, username: str, password: str) -> None:
         self._actions.append(Login(username, password))

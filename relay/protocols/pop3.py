@@ -16,6 +16,7 @@ from .machine import (
     TOO_MANY_SESSIONS_TEXT,
     UNAVAILABLE_TEXT,
     Machine,
+    auth_trace,
     failure_of,
     printable,
     with_detail,
@@ -164,8 +165,7 @@ class Pop3Machine(Machine):
 
     def _auth(self, argument: bytes) -> None:
         mechanism, _, initial = argument.partition(b" ")
-        words = ["AUTH", printable(mechanism), REDACTED if initial else ""]
-        self._trace(" ".join(word for word in words if word))
+        self._trace(auth_trace("AUTH", mechanism, initial))
         if not self._tls_ok():
             return
         if not mechanism:
@@ -184,15 +184,7 @@ class Pop3Machine(Machine):
         if sasl.is_cancel(answer):
             self._send("-ERR Authentication cancelled")
             return
-        try:
-            credentials = sasl.decode_plain(answer)
-        except sasl.SaslError as error:
-            self._bad("-ERR %s" % error)
-            return
-        if credentials.asks_for_other_identity:
-            self._send("-ERR [AUTH] " + AUTHZID_TEXT)
-            return
-        self._request_login(credentials.authcid, credentials.password)
+        self._plain_login(answer, "-ERR ", "-ERR [AUTH] " + AUTHZID_TEXT)
 
     def _apop(self, argument: bytes) -> None:
         self._trace("APOP " + REDACTED)

@@ -17,6 +17,7 @@ from .machine import (
     TOO_MANY_SESSIONS_TEXT,
     UNAVAILABLE_TEXT,
     Machine,
+    auth_trace,
     failure_of,
     printable,
     with_detail,
@@ -181,8 +182,7 @@ class SmtpMachine(Machine):
 
     def _auth(self, argument: bytes) -> None:
         mechanism, _, initial = argument.partition(b" ")
-        words = ["AUTH", printable(mechanism), REDACTED if initial else ""]
-        self._trace(" ".join(word for word in words if word))
+        self._trace(auth_trace("AUTH", mechanism, initial))
         if self._greeted_with != b"EHLO":
             self._bad("503 5.5.1 EHLO first")
         elif self._auth_refusal():
@@ -205,23 +205,15 @@ class SmtpMachine(Machine):
         if sasl.is_cancel(answer):
             self._exchange = None
             self._send("501 5.7.0 Authentication cancelled")
-            return
-        try:
-            if exchange.mechanism == b"PLAIN":
-                self._plain_answer(answer)
-            else:
+        elif exchange.mechanism == b"PLAIN":
+            self._exchange = None  # PLAIN takes one answer, whatever it holds
+            self._plain_login(answer, "501 5.5.2 ", "535 5.7.8 " + AUTHZID_TEXT)
+        else:
+            try:
                 self._login_answer(exchange, answer)
-        except sasl.SaslError as error:
-            self._exchange = None
-            self._bad("501 5.5.2 %s" % error)
-
-    def _plain_answer(self, answer: bytes) -> None:
-        credentials = sasl.decode_plain(answer)
-        self._exchange = None
-        if credentials.asks_for_other_identity:
-            self._send("535 5.7.8 " + AUTHZID_TEXT)
-            return
-        self._request_login(credentials.authcid, credentials.password)
+            except sasl.SaslError as error:
+                self._exchange = None
+                self._bad("501 5.5.2 %s" % error)
 
     def _login_answer(self, exchange: _AuthExchange, answer: bytes) -> None:
         text = sasl.decode_text(answer)
