@@ -12,33 +12,17 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 from typing import Dict, Optional, Sequence
+
+from tests.support import free_port, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 LISTENERS = (("imap", "starttls"), ("imap", "tls"), ("pop3", "starttls"), ("pop3", "tls"),
              ("smtp", "starttls"), ("smtp", "tls"))
 # Every character a legacy program's password might hold.
 AWKWARD_PASSWORD = 'p a"s\\s %* ü€'
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_for(predicate, timeout: float, what: str, interval: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(interval)
 
 
 class Relay:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import os
 import shutil
-import socket
 import ssl
 import subprocess
 import sys
@@ -15,63 +14,20 @@ from email.message import EmailMessage
 from pathlib import Path
 from typing import List, Optional
 
+from tests.e2e.raw_client import RawClient
+
 READ_LIMIT = 64 * 1024 * 1024   # no reply of these tests is bigger
 # getmail6 is a test extra: beside this Python (a venv's bin is not always on PATH), or on PATH.
 _BESIDE = Path(sys.executable).with_name("getmail")
 GETMAIL = str(_BESIDE) if _BESIDE.exists() else shutil.which("getmail")
 
 
-class RawPop3:
+class RawPop3(RawClient):
     """A POP3 client that sends exactly the bytes it is given and reads replies with a deadline."""
 
-    def __init__(self, port: int, context: Optional[ssl.SSLContext] = None, timeout: float = 20.0,
-                 host: str = "127.0.0.1"):
-        self.timeout = timeout
-        self.buffer = bytearray()
-        self.sock = socket.create_connection((host, port), timeout=timeout)
-        if context is not None:
-            self._wrap(context)
-
-    def _wrap(self, context: ssl.SSLContext) -> None:
-        try:
-            self.sock = context.wrap_socket(self.sock, server_hostname="localhost")
-        except BaseException:
-            self.sock.close()
-            raise
-
-    def __enter__(self) -> "RawPop3":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def close(self) -> None:
-        try:
-            self.sock.close()
-        except OSError:
-            pass
-
-    def send(self, data: bytes) -> None:
-        self.sock.sendall(data)
-
-    def _fill(self, deadline: float) -> bool:
-        """Read more bytes; False at end of file."""
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise AssertionError(f"no complete reply in time; got so far: {self.buffer[-300:]!r}")
-        self.sock.settimeout(remaining)
-        try:
-            chunk = self.sock.recv(1024 * 1024)
-        except socket.timeout:
-            raise AssertionError(f"no complete reply in time; got so far: {self.buffer[-300:]!r}") from None
-        except (ConnectionResetError, ssl.SSLError):
-            chunk = b""
-        if not chunk:
-            return False
-        self.buffer += chunk
+    def _check_size(self) -> None:
         if len(self.buffer) > READ_LIMIT:
             raise AssertionError("reply larger than any this test expects")
-        return True
 
     def line(self, timeout: Optional[float] = None) -> bytes:
         """One reply line without CRLF."""
@@ -120,7 +76,7 @@ class RawPop3:
     def starttls(self, context: ssl.SSLContext) -> None:
         assert self.command("STLS").startswith(b"+OK")
         assert not self.buffer
-        self._wrap(context)
+        self.start_tls(context)
 
 
 def new_user(relay, **options):

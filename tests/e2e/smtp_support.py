@@ -7,13 +7,14 @@ import email.utils
 import os
 import re
 import smtplib
-import socket
 import ssl
 import subprocess
 import time
 import uuid
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
+
+from tests.e2e.raw_client import RawClient
 
 MODES = ("plain", "starttls", "tls")   # port 25 without TLS, port 25 with STARTTLS, port 465
 SETTLE = 0.25                          # seconds to wait for a duplicate that must not come
@@ -112,55 +113,14 @@ def smtplib_login(client: smtplib.SMTP, user, mechanism: str = "PLAIN", initial:
 
 # ---------------------------------------------------------------------------------------- raw client
 
-class RawSmtp:
+class RawSmtp(RawClient):
     """An SMTP client that sends exactly the bytes it is given and reads replies with a deadline."""
 
-    def __init__(self, port: int, context: Optional[ssl.SSLContext] = None, timeout: float = 20.0):
-        self.timeout = timeout
-        self.buffer = bytearray()
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
-        if context is not None:
-            self.start_tls(context)
+    RECV_SIZE = 65536
+    EOF_ERRORS = (ConnectionError, ssl.SSLError)   # a connection reset, too, is the end
 
-    def start_tls(self, context: ssl.SSLContext) -> None:
-        try:
-            self.sock = context.wrap_socket(self.sock, server_hostname="localhost")
-        except BaseException:
-            self.sock.close()
-            raise
-
-    def __enter__(self) -> "RawSmtp":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def close(self) -> None:
-        try:
-            self.sock.close()
-        except OSError:
-            pass
-
-    def send(self, data: bytes) -> None:
-        self.sock.sendall(data)
-
-    def _fill(self, deadline: float) -> bool:
-        """Read more bytes; False at end of file (or a connection reset)."""
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise AssertionError(f"no complete reply in time; got so far: {bytes(self.buffer[-300:])!r}")
-        self.sock.settimeout(remaining)
-        try:
-            chunk = self.sock.recv(65536)
-        except socket.timeout:
-            raise AssertionError(f"no complete reply in time; got so far: {bytes(self.buffer[-300:])!r}") from None
-        except (ConnectionError, ssl.SSLError):
-            return False
-        if not chunk:
-            return False
-        self.buffer += chunk
+    def _check_size(self) -> None:
         assert len(self.buffer) < READ_LIMIT
-        return True
 
     def reply(self) -> Tuple[int, str]:
         """One complete reply: its code and its lines joined by newlines. (0, "") at end of file."""

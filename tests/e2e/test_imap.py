@@ -13,8 +13,6 @@ import imaplib
 import os
 import re
 import shutil
-import socket
-import ssl
 import subprocess
 import time
 import uuid
@@ -24,6 +22,7 @@ from typing import List, Optional
 import pytest
 
 from tests.e2e.harness import AWKWARD_PASSWORD, wait_for
+from tests.e2e.raw_client import RawClient
 
 SIMPLE_PASSWORD = "Atom-pass_42.x"       # a valid IMAP atom
 MAX_LINES = 10000                        # no reply of these tests has more lines
@@ -31,16 +30,11 @@ TIMEOUT = 20.0
 
 
 # ------------------------------------------------------------------------------- raw client
-class RawImap:
+class RawImap(RawClient):
     """Sends exactly the bytes it is given; reads lines with a deadline."""
 
-    def __init__(self, port: int, context: Optional[ssl.SSLContext] = None, timeout: float = TIMEOUT):
-        self.timeout = timeout
-        self.buffer = b""
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        if context is not None:
-            self._wrap(context)
+    BUFFER = bytes
+    NODELAY = True
 
     @classmethod
     def open(cls, relay, bed, mode: str = "plain") -> "RawImap":
@@ -54,50 +48,8 @@ class RawImap:
         if mode == "starttls":
             client.send(b"S1 STARTTLS\r\n")
             assert client.until(b"S1")[-1].startswith(b"S1 OK")
-            client._wrap(bed.ssl_context())
+            client.start_tls(bed.ssl_context())
         return client
-
-    def _wrap(self, context: ssl.SSLContext) -> None:
-        try:
-            self.sock = context.wrap_socket(self.sock, server_hostname="localhost")
-        except BaseException:
-            self.sock.close()
-            raise
-
-    def __enter__(self) -> "RawImap":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def close(self) -> None:
-        try:
-            self.sock.close()
-        except OSError:
-            pass
-
-    def send(self, data: bytes) -> None:
-        self.sock.sendall(data)
-
-    def send_split(self, data: bytes, pause: float = 0.002) -> None:
-        """One byte per TCP segment (Nagle is off), so the relay reads them one at a time."""
-        for index in range(len(data)):
-            self.sock.sendall(data[index:index + 1])
-            time.sleep(pause)
-
-    def _fill(self, deadline: float) -> bool:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise AssertionError(f"no complete reply in time; got so far: {self.buffer[-300:]!r}")
-        self.sock.settimeout(remaining)
-        try:
-            chunk = self.sock.recv(1024 * 1024)
-        except socket.timeout:
-            raise AssertionError(f"no complete reply in time; got so far: {self.buffer[-300:]!r}") from None
-        except (ConnectionResetError, ssl.SSLError):
-            chunk = b""
-        self.buffer += chunk
-        return bool(chunk)
 
     def line(self, timeout: Optional[float] = None) -> bytes:
         """The next line without CRLF; b"" at end of file."""

@@ -10,11 +10,11 @@ import base64
 import re
 import socket
 import ssl
-import threading
 import time
 
 import pytest
 
+from tests.e2e.fake_upstream import FakeUpstream, serve_only
 from tests.e2e.harness import Relay, wait_for
 from tests.e2e.pop3_support import RawPop3, plain
 
@@ -23,39 +23,13 @@ LOGIN_TIMEOUT = 3
 SLOW_REFUSAL = 1.0   # seconds Office 365 takes to say no to a token (several, in real life)
 
 
-class FakeOffice365Pop:
+class FakeOffice365Pop(FakeUpstream):
     """TLS POP3 server: greeting, CAPA, two-step AUTH XOAUTH2 (answer chosen by the mailbox's
     local part), STAT, QUIT. Counts AUTH attempts per mailbox."""
 
     def __init__(self, bed, directory: str):
-        cert, key = bed.issue_cert(directory)
-        self.context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        self.context.load_cert_chain(cert, key)
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.listener.settimeout(0.2)
-        self.port = self.listener.getsockname()[1]
         self.attempts = {}
-        self.closing = threading.Event()
-        self.threads = []
-        self.acceptor = threading.Thread(target=self._accept, daemon=True)
-        self.acceptor.start()
-
-    def close(self) -> None:
-        self.closing.set()
-        self.acceptor.join(5)
-        for thread in self.threads:
-            thread.join(5)
-        self.listener.close()
-
-    def _accept(self) -> None:
-        while not self.closing.is_set():
-            try:
-                conn, _ = self.listener.accept()
-            except socket.timeout:
-                continue
-            thread = threading.Thread(target=self._serve, args=(conn,), daemon=True)
-            self.threads.append(thread)
-            thread.start()
+        super().__init__(bed, directory)
 
     def _serve(self, raw: socket.socket) -> None:
         try:
@@ -119,16 +93,11 @@ def fake(bed, tmp_path_factory):
 @pytest.fixture(scope="module")
 def fake_relay(bed, fake, tmp_path_factory):
     instance = Relay(bed, tmp_path_factory.mktemp("relay-fake-pop"), limits={"preauth_timeout": PREAUTH_TIMEOUT, "sessions_per_mailbox": 1})
-    text = instance.config.read_text()
-    pop3 = f"  pop3: {{host: {bed.upstream_host}, port: {bed.pop3s_port}, security: tls}}\n"
-    assert pop3 in text and "  login_timeout: 15\n" in text
-    text = text.replace(pop3, f"  pop3: {{host: 127.0.0.1, port: {fake.port}, security: tls}}\n")
-    text = text.replace("  login_timeout: 15\n", f"  login_timeout: {LOGIN_TIMEOUT}\n")
     # Only the POP3 listeners: two workers start faster than six.
-    text = "".join(line for line in text.splitlines(keepends=True)
-                   if not re.match(r"  - \{protocol: (imap|smtp),", line))
-    instance.config.write_text(text)
-    instance.ports = {name: port for name, port in instance.ports.items() if name.startswith("pop3-")}
+    serve_only(instance, "pop3", {
+        f"  pop3: {{host: {bed.upstream_host}, port: {bed.pop3s_port}, security: tls}}\n":
+            f"  pop3: {{host: 127.0.0.1, port: {fake.port}, security: tls}}\n",
+        "  login_timeout: 15\n": f"  login_timeout: {LOGIN_TIMEOUT}\n"})
     instance.start()
     bed.idp.set_device_flow(interval=1)
     instance.owner = bed.new_account()

@@ -12,11 +12,11 @@ import re
 import smtplib
 import socket
 import ssl
-import threading
 import time
 
 import pytest
 
+from tests.e2e.fake_upstream import FakeUpstream, serve_only
 from tests.e2e.harness import Relay
 from tests.e2e.smtp_support import (RawSmtp, assert_delivered_as_sent, assert_nothing_delivered, delivered_once,
                                     message, plain_response, port_of, smtplib_client, smtplib_login)
@@ -267,7 +267,7 @@ def test_shared_mailbox_as_sender(relay, bed):
 
 # ------------------------------------------------------------------------- a second relay
 
-class FakeOffice365Smtp:
+class FakeOffice365Smtp(FakeUpstream):
     """Office 365's SMTP as far as Postfix cannot play it: STARTTLS, then `535 5.7.139` to every
     AUTH XOAUTH2 (SMTP AUTH switched off for the tenant). Counts the AUTH attempts."""
 
@@ -275,34 +275,8 @@ class FakeOffice365Smtp:
               "Visit https://aka.ms/smtp_auth_disabled for more information. [AM0PR01CA0001]")
 
     def __init__(self, bed, directory: str):
-        cert, key = bed.issue_cert(directory)
-        self.context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        self.context.load_cert_chain(cert, key)
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.listener.settimeout(0.2)
-        self.port = self.listener.getsockname()[1]
         self.auth_attempts = 0
-        self.closing = threading.Event()
-        self.threads: list = []
-        self.acceptor = threading.Thread(target=self._accept, daemon=True)
-        self.acceptor.start()
-
-    def close(self) -> None:
-        self.closing.set()
-        self.acceptor.join(5)
-        for thread in self.threads:
-            thread.join(5)
-        self.listener.close()
-
-    def _accept(self) -> None:
-        while not self.closing.is_set():
-            try:
-                conn, _ = self.listener.accept()
-            except socket.timeout:
-                continue
-            thread = threading.Thread(target=self._serve, args=(conn,), daemon=True)
-            self.threads.append(thread)
-            thread.start()
+        super().__init__(bed, directory)
 
     def _serve(self, conn: socket.socket) -> None:
         conn.settimeout(10)
@@ -342,14 +316,9 @@ def second_relay(bed, tmp_path_factory):
     root = tmp_path_factory.mktemp("relay-smtp-second")
     fake = FakeOffice365Smtp(bed, str(root / "fake-certs"))
     instance = Relay(bed, root, auth={"plaintext_from": "[]"})
-    text = instance.config.read_text()
-    smtp = f"  smtp: {{host: {bed.upstream_host}, port: {bed.smtp_port}, security: starttls}}\n"
-    assert smtp in text
-    text = text.replace(smtp, f"  smtp: {{host: 127.0.0.1, port: {fake.port}, security: starttls}}\n")
-    text = "".join(line for line in text.splitlines(keepends=True)
-                   if not re.match(r"  - \{protocol: (imap|pop3),", line))
-    instance.config.write_text(text)
-    instance.ports = {name: port for name, port in instance.ports.items() if name.startswith("smtp-")}
+    serve_only(instance, "smtp", {
+        f"  smtp: {{host: {bed.upstream_host}, port: {bed.smtp_port}, security: starttls}}\n":
+            f"  smtp: {{host: 127.0.0.1, port: {fake.port}, security: starttls}}\n"})
     try:
         instance.start()
         instance.fake = fake

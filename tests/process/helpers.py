@@ -14,29 +14,13 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Dict, List, Optional
 
+from tests.support import free_port, wait_for
+
 REPO = Path(__file__).resolve().parents[2]
 PROTOCOL_GREETINGS = {"imap": b"* OK", "pop3": b"+OK", "smtp": b"220"}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_for(predicate, timeout: float, interval: float = 0.05, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(interval)
 
 
 @functools.lru_cache(maxsize=None)
