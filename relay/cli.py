@@ -29,8 +29,11 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="oauth-relay", description="Relay SMTP, POP3 and IMAP logins to Office 365 with OAuth2.",
         epilog="Config: --config PATH, else $OAUTH_RELAY_CONFIG, else /etc/oauth-relay/relay.yaml.")
+    # --config may stand before or after the command; SUPPRESS keeps a later parser's default
+    # from overwriting a value given earlier.
+    parser.add_argument("--config", default=None, metavar="PATH", help="relay.yaml to use")
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--config", default=None, metavar="PATH", help="relay.yaml to use")
+    common.add_argument("--config", default=argparse.SUPPRESS, metavar="PATH", help="relay.yaml to use")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
@@ -153,6 +156,7 @@ def cmd_user(args) -> int:
         print(exc, file=sys.stderr)
         return 1
     except ConfigInvalid as exc:
+        print(f"Not changed: {config.users_file} would not be valid after this change:", file=sys.stderr)
         for error in exc.errors:
             print(error, file=sys.stderr)
         return 1

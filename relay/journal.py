@@ -119,16 +119,21 @@ def _add_time_and_level(_logger, method: str, event: dict) -> dict:
     return event
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
 def _quote(value) -> str:
+    # Control characters from a client (an ESC in a user name) must not reach a terminal raw.
     text = str(value)
-    if text == "" or any(c in text for c in ' "=\\') or any(ord(c) < 32 for c in text):
-        return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\r", "\\r") + '"'
+    if text == "" or any(c in text for c in ' "=\\') or _CONTROL.search(text):
+        text = text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\r", "\\r")
+        return '"' + _CONTROL.sub(lambda m: f"\\x{ord(m.group(0)):02x}", text) + '"'
     return text
 
 
 def _render(_logger, _method, event: dict) -> str:
     head = f"{event.pop('_time')} {event.pop('_level'):<7} {event.pop('event', '')}"
-    return " ".join([head] + [f"{key}={_quote(value)}" for key, value in event.items()])
+    return " ".join([head] + [f"{key}={_quote(value)}" for key, value in event.items() if value is not None])
 
 
 def configure(level: str = "info", file: Optional[str] = None) -> None:

@@ -125,7 +125,8 @@ class Session:
                 self._pipe(action.pending)
                 return "piped"
             elif isinstance(action, Close):
-                self.log.debug("session_close", reason=action.reason)
+                ordinary = action.reason in ("client logout", "client quit")
+                (self.log.debug if ordinary else self.log.info)("session_close", reason=action.reason)
                 return "closed"
         return None
 

@@ -40,17 +40,27 @@ def _read(path: str):
     except FileNotFoundError:
         text = ""
     data = yaml.load(text) if text.strip() else None
-    return yaml, (data if data is not None else CommentedMap()), text
+    if data is None:
+        # Only comments so far (the shipped file): ruamel would drop them, so they are kept
+        # as a header above the first user.
+        return yaml, CommentedMap(), text
+    return yaml, data, ""
 
 
-def _write(path: str, yaml: YAML, data, original: str, apps: Dict[str, AppConfig]) -> None:
+def _comment_lines(path: str) -> str:
+    with open(path, encoding="utf-8") as handle:
+        return "".join(line for line in handle if line.lstrip().startswith("#"))
+
+
+def _write(path: str, yaml: YAML, data, header: str, apps: Dict[str, AppConfig]) -> None:
     buffer = io.StringIO()
     if len(data):
         yaml.dump(data, buffer)
     text = buffer.getvalue()
-    if not len(data) and original.strip():
-        # ruamel drops comments of an emptied document; keep the admin's header.
-        text = "".join(line + "\n" for line in original.splitlines() if line.lstrip().startswith("#"))
+    if header.strip():
+        text = header.rstrip("\n") + "\n\n" + text if text else header
+    elif not len(data) and os.path.exists(path):
+        text = _comment_lines(path)  # ruamel drops the comments of a document it emptied
     directory = os.path.dirname(os.path.abspath(path))
     mode = os.stat(path).st_mode & 0o777 if os.path.exists(path) else 0o640
     fd, temp = tempfile.mkstemp(prefix=".users.", suffix=".yaml", dir=directory)
@@ -86,7 +96,7 @@ def _copy_owner(path: str, temp: str) -> None:
 def add_user(path: str, name: str, password_hash: str, apps: Dict[str, AppConfig], *,
              account: Optional[str] = None, mailbox: Optional[str] = None, app: Optional[str] = None,
              protocols: Optional[Sequence[str]] = None) -> None:
-    yaml, data, original = _read(path)
+    yaml, data, header = _read(path)
     if name in data:
         raise UserFileError(f"user {name!r} already exists (use `oauth-relay user passwd`)")
     entry = CommentedMap()
@@ -99,20 +109,20 @@ def add_user(path: str, name: str, password_hash: str, apps: Dict[str, AppConfig
         if value:
             entry[key] = value
     data[name] = entry
-    _write(path, yaml, data, original, apps)
+    _write(path, yaml, data, header, apps)
 
 
 def set_password(path: str, name: str, password_hash: str, apps: Dict[str, AppConfig]) -> None:
-    yaml, data, original = _read(path)
+    yaml, data, header = _read(path)
     if name not in data:
         raise UserFileError(f"no user {name!r} in {path}")
     data[name]["password"] = password_hash
-    _write(path, yaml, data, original, apps)
+    _write(path, yaml, data, header, apps)
 
 
 def remove_user(path: str, name: str, apps: Dict[str, AppConfig]) -> None:
-    yaml, data, original = _read(path)
+    yaml, data, header = _read(path)
     if name not in data:
         raise UserFileError(f"no user {name!r} in {path}")
     del data[name]
-    _write(path, yaml, data, original, apps)
+    _write(path, yaml, data, header, apps)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 from typing import Dict, List, Optional, Tuple
 
 from relay.config import clouds
@@ -36,12 +37,16 @@ def default_config_path() -> str:
 
 def read_document(path: str):
     try:
-        with open(path, encoding="utf-8") as handle:
-            text = handle.read()
+        with open(path, "rb") as handle:
+            raw = handle.read()
     except OSError as exc:
         raise ConfigInvalid([ConfigError(path, 1, 1, "", f"cannot read: {exc.strerror}")])
+    try:
+        text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise ConfigInvalid([ConfigError(path, 1, 1, "", f"not UTF-8 text: {exc.reason}")])
+        before = raw[:exc.start]
+        line, column = before.count(b"\n") + 1, exc.start - (before.rfind(b"\n") + 1) + 1
+        raise ConfigInvalid([ConfigError(path, line, column, "", f"not UTF-8 text: {exc.reason}")])
     return parse(text, path)
 
 
@@ -182,7 +187,6 @@ def _listeners(r: Reader) -> Tuple[Listener, ...]:
         r.error(("listeners",), "must be a list of {protocol, listen, security}")
         return ()
     listeners: List[Listener] = []
-    seen: Dict[Tuple[str, int], int] = {}
     for index, _ in enumerate(entries):
         where = ("listeners", index)
         if not isinstance(r.value(where), dict):
@@ -192,13 +196,25 @@ def _listeners(r: Reader) -> Tuple[Listener, ...]:
         listener = _listener(r, where)
         if listener is None:
             continue
-        key = (listener.host, listener.port)
-        if key in seen:
-            r.error(where + ("listen",), f"{listener.address} is already used by listeners[{seen[key]}]")
+        clash = _clashing(listener, listeners)
+        if clash is not None:
+            r.error(where + ("listen",), f"{listener.address} is already used by listeners[{clash}] "
+                                         f"({listeners[clash].address})")
             continue
-        seen[key] = index
         listeners.append(listener)
     return tuple(listeners)
+
+
+def _clashing(listener: Listener, earlier: List[Listener]) -> Optional[int]:
+    """The index of an earlier listener that holds the same port (a wildcard holds all addresses)."""
+    family = ipaddress.ip_address(listener.host).version
+    for index, other in enumerate(earlier):
+        if other.port != listener.port or ipaddress.ip_address(other.host).version != family:
+            continue
+        if other.host == listener.host or ipaddress.ip_address(other.host).is_unspecified \
+                or ipaddress.ip_address(listener.host).is_unspecified:
+            return index
+    return None
 
 
 def _listener(r: Reader, where) -> Optional[Listener]:
@@ -266,6 +282,8 @@ def _tokens(r: Reader, base: str) -> TokenConfig:
 
 
 USER_KEYS = ("password", "protocols", "account", "mailbox", "app")
+HASH_FORMAT = re.compile(r"^\$scrypt\$ln=\d+,r=\d+,p=\d+\$[A-Za-z0-9+/]+\$[A-Za-z0-9+/]{20,}$")
+USER_NAME = re.compile(r"^[^\s\x00-\x1f\x7f]+$")
 
 
 def load_users(path: str, apps: Dict[str, AppConfig]) -> Users:
@@ -295,6 +313,10 @@ def _user(r: Reader, name: str, apps: Dict[str, AppConfig]) -> Optional[User]:
     password = r.string(where + ("password",))
     if password and not password.startswith("$scrypt$"):
         r.error(where + ("password",), "must be a hash made by `oauth-relay user passwd`, never a clear password")
+    elif password and not HASH_FORMAT.match(password):
+        r.error(where + ("password",), "is not a complete scrypt hash (set it again with `oauth-relay user passwd`)")
+    if not USER_NAME.match(name):
+        r.error(where, "a user name must be non-empty, with no spaces or control characters")
     protocols = r.string_list(where + ("protocols",), PROTOCOLS)
     for index, protocol in enumerate(protocols):
         if protocol not in PROTOCOLS:
@@ -303,8 +325,10 @@ def _user(r: Reader, name: str, apps: Dict[str, AppConfig]) -> Optional[User]:
     if account and "@" not in account:
         r.error(where + ("account",), "the Office 365 account must be an address like user@contoso.com")
     app = r.string(where + ("app",), _default_app(apps))
-    if app is None:
-        r.error(where + ("app",), "is required when relay.yaml has no single app to default to")
+    if app is None and not apps:
+        r.error(where, "relay.yaml has no app registration yet: add your Entra ID app under `apps:` first")
+    elif app is None:
+        r.error(where + ("app",), "is required when relay.yaml has more than one app")
     elif app not in apps:
         known = ", ".join(sorted(apps)) or "none"
         r.error(where + ("app",), f"unknown app {app!r} (apps in relay.yaml: {known})")

@@ -15,8 +15,8 @@ class Reader:
         self.document = document
         self.errors: List[ConfigError] = []
 
-    def error(self, path: Path, message: str) -> None:
-        self.errors.append(self.document.error(path, message))
+    def error(self, path: Path, message: str, at_key: bool = False) -> None:
+        self.errors.append(self.document.error(path, message, at_key))
 
     def raise_if_errors(self) -> None:
         if self.errors:
@@ -47,7 +47,7 @@ class Reader:
         for key in data:
             if key not in known:
                 hint = ", ".join(sorted(known))
-                self.error(path + (key,), f"unknown key (expected one of: {hint})")
+                self.error(path + (key,), f"unknown key (expected one of: {hint})", at_key=True)
         return data
 
     def string(self, path: Path, default=_MISSING, choices: Optional[Sequence[str]] = None,

@@ -45,18 +45,19 @@ class _StrictComposer(yaml.reader.Reader, yaml.scanner.Scanner, yaml.parser.Pars
 class LocatedDocument:
     """Plain Python data plus the (line, column) of every value and key, by path."""
 
-    def __init__(self, filename: str, data: object, marks: Dict[Path, Mark]):
+    def __init__(self, filename: str, data: object, marks: Dict[Path, Mark], key_marks: Dict[Path, Mark]):
         self.filename = filename
         self.data = data
         self.marks = marks
+        self.key_marks = key_marks  # where each mapping key itself stands
 
     def mark(self, path: Path) -> Mark:
         while path not in self.marks and path:
             path = path[:-1]
         return self.marks.get(path, (1, 1))
 
-    def error(self, path: Path, message: str) -> ConfigError:
-        line, column = self.mark(path)
+    def error(self, path: Path, message: str, at_key: bool = False) -> ConfigError:
+        line, column = self.key_marks.get(path) if at_key and path in self.key_marks else self.mark(path)
         return ConfigError(self.filename, line, column, dotted(path), message)
 
 
@@ -71,28 +72,31 @@ def parse(text: str, filename: str) -> LocatedDocument:
     except yaml.YAMLError as exc:
         raise ConfigInvalid([ConfigError(filename, 1, 1, "", f"YAML syntax: {exc}")])
     marks: Dict[Path, Mark] = {}
+    key_marks: Dict[Path, Mark] = {}
     errors: List[ConfigError] = []
-    data = _convert(node, (), marks, errors, filename) if node is not None else None
+    data = _convert(node, (), (marks, key_marks), errors, filename) if node is not None else None
     if errors:
         raise ConfigInvalid(errors)
-    return LocatedDocument(filename, data, marks)
+    return LocatedDocument(filename, data, marks, key_marks)
 
 
 def _mark_of(node) -> Mark:
     return node.start_mark.line + 1, node.start_mark.column + 1
 
 
-def _convert(node, path: Path, marks, errors, filename):
+def _convert(node, path: Path, all_marks, errors, filename):
+    marks = all_marks[0]
     marks[path] = _mark_of(node)
     if isinstance(node, yaml.MappingNode):
-        return _convert_mapping(node, path, marks, errors, filename)
+        return _convert_mapping(node, path, all_marks, errors, filename)
     if isinstance(node, yaml.SequenceNode):
-        return [_convert(item, path + (index,), marks, errors, filename)
+        return [_convert(item, path + (index,), all_marks, errors, filename)
                 for index, item in enumerate(node.value)]
     return _convert_scalar(node, path, errors, filename)
 
 
-def _convert_mapping(node, path, marks, errors, filename):
+def _convert_mapping(node, path, all_marks, errors, filename):
+    marks, key_marks = all_marks
     result: Dict[object, object] = {}
     for key_node, value_node in node.value:
         if not isinstance(key_node, yaml.ScalarNode):
@@ -102,11 +106,12 @@ def _convert_mapping(node, path, marks, errors, filename):
         key = str(key_node.value)
         if key in result:
             line, column = _mark_of(key_node)
-            first_line = marks[path + (key,)][0]
+            first_line = key_marks[path + (key,)][0]
             errors.append(ConfigError(filename, line, column, dotted(path + (key,)),
                                       f"duplicate key (first defined on line {first_line})"))
             continue
-        result[key] = _convert(value_node, path + (key,), marks, errors, filename)
+        result[key] = _convert(value_node, path + (key,), all_marks, errors, filename)
+        key_marks[path + (key,)] = _mark_of(key_node)
         if not isinstance(value_node, yaml.ScalarNode):
             # A nested block starts on the next line; the key is where the admin looks.
             marks[path + (key,)] = _mark_of(key_node)

@@ -32,6 +32,8 @@ class _Handler(FileSystemEventHandler):
         self.watcher = watcher
 
     def on_any_event(self, event) -> None:
+        if event.event_type in ("opened", "closed_no_write"):
+            return  # our own reads of the file fire these; only writes and renames matter
         for path in (event.src_path, getattr(event, "dest_path", "")):
             if path and os.path.abspath(os.fsdecode(path)) == self.watcher.path:
                 self.watcher.mark()

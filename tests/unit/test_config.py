@@ -17,14 +17,15 @@ apps:
 """
 USER = """
 alice:
-  password: $scrypt$ln=15,r=8,p=1$c2FsdA$aGFzaA
+  password: $scrypt$ln=4,r=8,p=1$JLACrJGojW5/swphwrPPOA$5ibeQkQ/lFMdKbvUeFJDP8uTlfkvHR69bRP1pC2hlWk
   account: alice@contoso.com
 """
 
 
 def write(tmp_path, relay, users=USER):
     (tmp_path / "relay.yaml").write_text(textwrap.dedent(relay))
-    (tmp_path / "users.yaml").write_text(textwrap.dedent(users))
+    # latin-1 so a test can put a byte that is not UTF-8 into the file
+    (tmp_path / "users.yaml").write_bytes(textwrap.dedent(users).encode("latin-1"))
     return tmp_path / "relay.yaml"
 
 
@@ -47,7 +48,7 @@ def test_default_conf_is_valid():
 
 @pytest.mark.parametrize("relay, users, expected", [
     ("apps: [1, 2\n", USER, "relay.yaml:2:1: YAML syntax"),
-    (APPS, USER + "\nalice:\n  password: $scrypt$x\n", "users.yaml:6:1: alice: duplicate key (first defined on line 2)"),
+    (APPS, USER + "\nalice:\n  password: $scrypt$ln=4,r=8,p=1$JLACrJGojW5/swphwrPPOA$5ibeQkQ/lFMdKbvUeFJDP8uTlfkvHR69bRP1pC2hlWk\n", "users.yaml:6:1: alice: duplicate key (first defined on line 2)"),
     (APPS + "jurnal: {}\n", USER, "relay.yaml:7:1: jurnal: unknown key"),
     (APPS + "listeners:\n  - {protocol: imap, listen: '127.0.0.1:70000', security: tls}\n", USER,
      "relay.yaml:8:30: listeners[0].listen: port must be between 1 and 65535"),
@@ -55,7 +56,15 @@ def test_default_conf_is_valid():
             "  - {protocol: pop3, listen: '127.0.0.1:1143', security: tls}\n", USER,
      "relay.yaml:9:30: listeners[1].listen: 127.0.0.1:1143 is already used by listeners[0]"),
     (APPS, USER + "  app: fabrikam\n", "users.yaml:5:8: alice.app: unknown app 'fabrikam' (apps in relay.yaml: contoso)"),
-])
+    (APPS + "listeners:\n  - {protocol: imap, listen: '0.0.0.0:1143', security: tls}\n"
+            "  - {protocol: pop3, listen: '127.0.0.1:1143', security: tls}\n", USER,
+     "relay.yaml:9:30: listeners[1].listen: 127.0.0.1:1143 is already used by listeners[0] (0.0.0.0:1143)"),
+    (APPS + "auth: {failure_dealy: 3}\n", USER, "relay.yaml:7:8: auth.failure_dealy: unknown key"),
+    (APPS, USER + "  mailbox: caf\xe9\n", "users.yaml:5:15: not UTF-8 text"),
+    (APPS, USER.replace("$5ibeQkQ/lFMdKbvUeFJDP8uTlfkvHR69bRP1pC2hlWk", ""),
+     "users.yaml:3:13: alice.password: is not a complete scrypt hash"),
+], ids=["bad-yaml", "duplicate-user", "unknown-key", "port-out-of-range", "two-listeners-one-address",
+        "unknown-app", "wildcard-and-loopback-on-one-port", "unknown-key-column", "not-utf8", "broken-hash"])
 def test_each_mistake_is_reported_with_file_line_column(tmp_path, relay, users, expected):
     code, output = check_config(write(tmp_path, relay, users))
     assert code == 78
@@ -63,7 +72,7 @@ def test_each_mistake_is_reported_with_file_line_column(tmp_path, relay, users, 
 
 
 def test_yaml_11_surprises_stay_strings(tmp_path):
-    path = write(tmp_path, APPS + "hostname: no\n", "bob:\n  password: $scrypt$x\n  account: '0143@x.test'\n"
+    path = write(tmp_path, APPS + "hostname: no\n", "bob:\n  password: $scrypt$ln=4,r=8,p=1$JLACrJGojW5/swphwrPPOA$5ibeQkQ/lFMdKbvUeFJDP8uTlfkvHR69bRP1pC2hlWk\n  account: '0143@x.test'\n"
                  "  mailbox: 0143\n")
     config, users = load_config(str(path))
     assert config.hostname == "no"

@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+from pathlib import Path
 
 from relay.config import load_config
 from relay.passwords import verify_password
@@ -15,7 +16,7 @@ USERS = """\
 # Our users, maintained by the mail admin.
 
 alice:   # the boss
-  password: $scrypt$ln=15,r=8,p=1$c2FsdA$aGFzaA
+  password: $scrypt$ln=4,r=8,p=1$JLACrJGojW5/swphwrPPOA$5ibeQkQ/lFMdKbvUeFJDP8uTlfkvHR69bRP1pC2hlWk
   account: alice@contoso.com
 """
 
@@ -80,3 +81,34 @@ def test_every_command_has_help_with_an_example():
                                 text=True, timeout=60)
         assert result.returncode == 0
         assert "Example: oauth-relay" in result.stdout, command
+
+
+def test_first_user_keeps_the_shipped_header(tmp_path):
+    (tmp_path / "relay.yaml").write_text(RELAY)
+    header = (Path(__file__).resolve().parents[2] / "conf" / "users.yaml").read_text()
+    (tmp_path / "users.yaml").write_text(header)
+    config = tmp_path / "relay.yaml"
+    assert relay_cli(config, "user", "add", "scanner", "--account", "scan@contoso.com", "--password-stdin",
+                     password="x y\n").returncode == 0
+    text = (tmp_path / "users.yaml").read_text()
+    assert text.startswith(header) and "\nscanner:\n" in text
+    assert relay_cli(config, "user", "remove", "scanner").returncode == 0
+    assert (tmp_path / "users.yaml").read_text() == header
+
+
+def test_config_option_before_or_after_the_command(tmp_path):
+    config = setup_files(tmp_path)
+    for args in (["--config", str(config), "user", "list"], ["user", "--config", str(config), "list"],
+                 ["user", "list", "--config", str(config)]):
+        result = subprocess.run([sys.executable, "-m", "relay", *args], capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0 and "alice\taccount=alice@contoso.com" in result.stdout, (args, result.stderr)
+
+
+def test_no_app_yet_says_what_to_do(tmp_path):
+    (tmp_path / "relay.yaml").write_text("state_dir: state\napps: {}\n")
+    (tmp_path / "users.yaml").write_text("# none yet\n")
+    result = relay_cli(tmp_path / "relay.yaml", "user", "add", "scanner", "--account", "s@contoso.com",
+                       "--password-stdin", password="x\n")
+    assert result.returncode == 1
+    assert "add your Entra ID app under `apps:` first" in result.stderr
+    assert (tmp_path / "users.yaml").read_text() == "# none yet\n"
