@@ -161,10 +161,13 @@ def test_usage_errors(relay, idp):
     assert login_command(config, ACCOUNT, app_name="nope", out=out) == 2
 
 
+SOME_HASH = "$scrypt$ln=4,r=8,p=1$JLACrJGojW5/swphwrPPOA$5ibeQkQ/lFMdKbvUeFJDP8uTlfkvHR69bRP1pC2hlWk"  # of no one's password; only its shape matters here
+
+
 def test_no_sign_in_yet_and_status(relay, idp):
     relay.add_app()
-    relay.users = {"bob": {"password": "$scrypt$x", "account": ACCOUNT},
-                   "carol": {"password": "$scrypt$x", "account": "carol@contoso.com"}}
+    relay.users = {"bob": {"password": SOME_HASH, "account": ACCOUNT},
+                   "carol": {"password": SOME_HASH, "account": "carol@contoso.com"}}
     config = relay.config()
     service = TokenService(config)
     try:
