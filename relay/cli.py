@@ -9,7 +9,7 @@ import sys
 from typing import List, Optional
 
 from relay import __version__
-from relay.config import ConfigInvalid, default_config_path, load_config
+from relay.config import ConfigInvalid, default_config_path, load_config, load_users
 from relay.config.models import Users
 
 EX_CONFIG = 78  # sysexits.h: systemd's RestartPreventExitStatus=78 stops a restart loop
@@ -116,31 +116,68 @@ def _read_password(from_stdin: bool) -> Optional[str]:
     return first
 
 
-def _users_path(args) -> str:
-    # `user add` creates the users file on first use; everything else needs it to exist.
+def _load_for_user_command(args):
+    """The config, and the users file if there is one yet (`user add` creates it)."""
     config, _ = _load(args, with_users=False)
-    return config.users_file if config else ""
+    if config is None:
+        return None, None
+    if not os.path.exists(config.users_file):
+        return config, Users(path=config.users_file)
+    try:
+        return config, load_users(config.users_file, config.apps)
+    except ConfigInvalid as exc:
+        for error in exc.errors:
+            print(error, file=sys.stderr)
+        if args.action in ("passwd", "remove"):
+            # These are how a broken entry gets fixed; the result is validated before it is written.
+            return config, Users(path=config.users_file, by_name=dict.fromkeys(_user_names(config.users_file)))
+        return None, None
+
+
+def _user_names(path: str) -> List[str]:
+    from relay.config.load import read_document
+
+    try:
+        data = read_document(path).data
+    except ConfigInvalid:
+        return []
+    return list(data) if isinstance(data, dict) else []
+
+
+def _user_problem(args, users: Users) -> Optional[str]:
+    """What is wrong with the command before a password is asked for, if anything."""
+    exists = args.name in users.by_name
+    if args.action == "add" and exists:
+        return f"user {args.name!r} already exists (use `oauth-relay user passwd`)"
+    if args.action in ("passwd", "remove") and not exists:
+        return f"no user {args.name!r} in {users.path}"
+    return None
 
 
 def cmd_user(args) -> int:
     from relay import users_file
     from relay.passwords import hash_password
 
-    config, users = _load(args, with_users=os.path.exists(_users_path(args)))
+    config, users = _load_for_user_command(args)
     if config is None:
         return EX_CONFIG
     if args.action == "list":
-        users = users or Users(path=config.users_file)
         for user in users.by_name.values():
             mailbox = f" mailbox={user.mailbox}" if user.mailbox else ""
             print(f"{user.name}\taccount={user.account}{mailbox}\tapp={user.app}\tprotocols={','.join(user.protocols)}")
         return 0
+    problem = _user_problem(args, users)
+    if problem:
+        print(problem, file=sys.stderr)
+        return 1
     try:
         if args.action == "remove":
             users_file.remove_user(config.users_file, args.name, config.apps)
             print(f"Removed {args.name}.")
             return 0
         password = _read_password(args.password_stdin)
+        if password is None:
+            return 1
         if not password:
             print("A password is required.", file=sys.stderr)
             return 1

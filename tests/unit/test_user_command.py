@@ -112,3 +112,14 @@ def test_no_app_yet_says_what_to_do(tmp_path):
     assert result.returncode == 1
     assert "add your Entra ID app under `apps:` first" in result.stderr
     assert (tmp_path / "users.yaml").read_text() == "# none yet\n"
+
+
+def test_passwd_repairs_a_broken_hash_and_refuses_unknown_users_before_asking(tmp_path):
+    config = setup_files(tmp_path)
+    users = tmp_path / "users.yaml"
+    users.write_text(USERS.replace("password: $scrypt$", "password: $scrypt$broken"))
+    assert relay_cli(config, "check-config").returncode == 78
+    assert relay_cli(config, "user", "passwd", "alice", "--password-stdin", password="fixed\n").returncode == 0
+    assert relay_cli(config, "check-config").returncode == 0
+    unknown = relay_cli(config, "user", "passwd", "nobody", "--password-stdin", password="")
+    assert unknown.returncode == 1 and "no user 'nobody'" in unknown.stderr
