@@ -79,7 +79,7 @@ class Session:
             self.log.info("client_tls_failed", error=str(exc))
             return False
 
-    def _converse(self, machine) -> None:
+    def _converse(self, machine) -> Optional[str]:
         deadline = time.monotonic() + self.config.limits.preauth_timeout
         actions = machine.greeting()
         while True:
@@ -131,8 +131,9 @@ class Session:
         return None
 
     def _send(self, data: bytes) -> bool:
-        for line in data.decode("utf-8", "replace").splitlines():
-            journal.wire(self.log, "relay>client", line, redacted=True)
+        if journal.wire_enabled():
+            for line in data.decode("utf-8", "replace").splitlines():
+                journal.wire(self.log, "relay>client", line, redacted=True)
         try:
             self.sock.sendall(data)
             return True
