@@ -7,13 +7,14 @@ a given user+protocol at most once a minute: recording a login costs a dict look
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import os
 import threading
 import time
 from typing import Dict, Tuple
 from urllib.parse import quote, unquote
+
+from relay.atomic_file import write_atomically
 
 MIN_INTERVAL = 60.0
 _last_written: Dict[Tuple[str, str, str], float] = {}
@@ -39,16 +40,13 @@ def record_login(state_dir: str, user_name: str, protocol: str) -> None:
         _last_written[key] = now
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
     folder = _folder(state_dir)
-    path = os.path.join(folder, _file_name(user_name, protocol))
-    temp = os.path.join(folder, f".tmp-{os.getpid()}-{threading.get_ident()}")
     try:
         os.makedirs(folder, mode=0o700, exist_ok=True)
-        with open(temp, "w", encoding="ascii") as handle:
-            handle.write(stamp + "\n")
-        os.replace(temp, path)  # no fsync: losing the last minute after a crash is harmless
+        # Not durable: losing the last minute's stamp in a crash is harmless.
+        write_atomically(os.path.join(folder, _file_name(user_name, protocol)), (stamp + "\n").encode("ascii"),
+                         durable=False)
     except OSError:
-        with contextlib.suppress(OSError):
-            os.unlink(temp)
+        pass
 
 
 def last_logins(state_dir: str) -> Dict[str, Dict[str, str]]:

@@ -8,6 +8,7 @@ import os
 import ssl
 from typing import Tuple
 
+from relay.atomic_file import write_atomically
 from relay.config.models import Config
 
 
@@ -19,19 +20,9 @@ def auto_certificate(state_dir: str) -> Tuple[str, str]:
         return cert_path, key_path
     os.makedirs(directory, mode=0o700, exist_ok=True)
     cert_pem, key_pem = _self_signed()
-    _write_private(key_path, key_pem)
-    _write_private(cert_path, cert_pem, mode=0o644)
+    write_atomically(key_path, key_pem)
+    write_atomically(cert_path, cert_pem, mode=0o644)
     return cert_path, key_path
-
-
-def _write_private(path: str, data: bytes, mode: int = 0o600) -> None:
-    temp = path + ".tmp"
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temp, path)
 
 
 def _self_signed() -> Tuple[bytes, bytes]:

@@ -6,6 +6,8 @@ import json
 import os
 from typing import Optional
 
+from relay.atomic_file import write_atomically
+
 PID_FILE = "relay.pid"
 STATUS_FILE = "status.json"
 
@@ -20,10 +22,7 @@ def status_path(runtime_dir: str) -> str:
 
 def write_atomic(path: str, text: str) -> None:
     # Readers poll these files: they must see the old or the new text, never half of one.
-    temp = f"{path}.{os.getpid()}.tmp"
-    with open(temp, "w", encoding="utf-8") as handle:
-        handle.write(text)
-    os.replace(temp, path)
+    write_atomically(path, text.encode("utf-8"), mode=0o644, durable=False)
 
 
 def read_pid(runtime_dir: str) -> Optional[int]:

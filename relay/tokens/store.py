@@ -21,6 +21,7 @@ import time
 from typing import Iterator, List, Optional, Tuple
 from urllib.parse import quote
 
+from relay.atomic_file import write_atomically
 from relay.tokens import keyfile
 from relay.tokens.errors import TokenStoreError, TokenUnavailable
 
@@ -45,32 +46,9 @@ def app_key(app_name: str) -> str:
     return "app-" + quote(app_name, safe="@.-_+")
 
 
-def _fsync_dir(folder: str) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def atomic_write(path: str, data: bytes) -> Generation:
     """Write a 0600 file so that readers see the old or the new content, whole."""
-    folder, base = os.path.split(path)
-    temp = os.path.join(folder, f".{base}.tmp-{os.getpid()}-{os.urandom(4).hex()}")
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-            generation = _generation(os.fstat(handle.fileno()))
-        os.replace(temp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temp)
-        raise
-    _fsync_dir(folder)
-    return generation
+    return _generation(write_atomically(path, data))
 
 
 def _make_private_dir(path: str) -> None:
