@@ -193,7 +193,7 @@ class Environment:
 
     def start_floor(self) -> Way:
         """bench/floor.py in front of Dovecot's IMAPS (for bench/profile.py)."""
-        from tests.e2e.harness import free_port
+        from tests.support import free_port
         cert, key = self.bed.issue_cert(str(self.work / "last-run" / "floor"))
         self.floor_port = free_port()
         self.floor = subprocess.Popen([sys.executable, "-m", "bench.floor", str(self.floor_port), cert, key,

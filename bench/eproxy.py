@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Dict, Optional
 
-from tests.e2e.harness import free_port, wait_for
+from tests.support import free_port, wait_for
 
 VERSION = "2026.7.3"
 PASSWORD = "bed-password"     # the bed IdP's ROPC password; emailproxy forwards the client's

@@ -7,7 +7,9 @@ import signal
 import socket
 import subprocess
 import time
-from typing import List, Optional, Sequence
+from typing import Optional, Sequence
+
+from tests.support import free_ports  # noqa: F401  (one port allocator for the whole suite)
 
 
 class BedError(RuntimeError):
@@ -21,21 +23,6 @@ def require_binary(name: str, *extra_dirs: str) -> str:
     if path is None:
         raise BedError("%s is not installed (see .ci/apt-packages)" % name)
     return path
-
-
-def free_ports(host: str, count: int) -> List[int]:
-    """Ports that are free on ``host`` right now (kept bound until all are picked)."""
-    sockets, ports = [], []
-    try:
-        for _ in range(count):
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            sock.bind((host, 0))
-            sockets.append(sock)
-            ports.append(sock.getsockname()[1])
-    finally:
-        for sock in sockets:
-            sock.close()
-    return ports
 
 
 def wait_for_banner(host: str, port: int, prefix: bytes, timeout: float,

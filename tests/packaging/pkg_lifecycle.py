@@ -28,6 +28,8 @@ import traceback
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple
 
+from tests.support import free_port as support_free_port
+
 HERE = Path(__file__).resolve().parent
 USER = "oauth-relay"
 TEST_DIR = Path(f"/run/oauth-relay-test-{os.getpid()}")
@@ -95,8 +97,9 @@ def cannot_run() -> Optional[str]:
 # --- helpers ---------------------------------------------------------------------------------
 
 def free_port(privileged: bool = False) -> int:
-    candidates = range(1023, 899, -1) if privileged else [0]
-    for port in candidates:
+    if not privileged:
+        return support_free_port()
+    for port in range(1023, 899, -1):
         with socket.socket() as probe:
             try:
                 probe.bind(("127.0.0.1", port))

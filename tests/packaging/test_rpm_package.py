@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support import free_port
+
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.packaging,
               pytest.mark.skipif(shutil.which("rpm") is None, reason="needs rpm")]
@@ -118,12 +120,6 @@ def python39():
         if probe.returncode == 0 and probe.stdout.strip() == "(3, 9)":
             return candidate
     return None
-
-
-def free_port():
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.mark.skipif(python39() is None, reason="needs a CPython 3.9 (EL9's python3) to build the environment")

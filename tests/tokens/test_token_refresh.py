@@ -159,8 +159,8 @@ def test_idp_down_valid_token_still_works(relay, idp):
     config = relay.config()
     sign_in(config, idp)
     token = TokenService(config).access_token(ACCOUNT, "contoso")
-    from tests.bed.procs import free_ports
-    app["authority"] = f"https://127.0.0.1:{free_ports('127.0.0.1', 1)[0]}/contoso"  # nobody there
+    from tests.support import free_port
+    app["authority"] = f"https://127.0.0.1:{free_port()}/contoso"  # nobody there
     down = relay.config()
     service = TokenService(down)
     assert service.access_token(ACCOUNT, "contoso") == token
