@@ -45,6 +45,7 @@ class Session:
             starttls_offered=self.listener.security == "starttls",
             plaintext_auth_allowed=self.config.auth.plaintext_allowed(self.ip),
             hostname=self.config.hostname,
+            max_failed_logins=self.config.auth.failures_per_session,
             upstream_capabilities=self.services.capabilities.get(protocol))
 
     def run(self) -> None:

@@ -248,7 +248,7 @@ def _parse_address(r: Reader, where, text: str) -> Optional[Tuple[str, int]]:
 
 def _auth(r: Reader) -> AuthPolicy:
     r.mapping(("auth",), ("plaintext_from", "failure_delay", "max_failures", "failure_window",
-                          "credential_cache_ttl"))
+                          "failures_per_session", "credential_cache_ttl"))
     networks = []
     for index, text in enumerate(r.string_list(("auth", "plaintext_from"), ["127.0.0.0/8", "::1/128"])):
         try:
@@ -260,6 +260,7 @@ def _auth(r: Reader) -> AuthPolicy:
         failure_delay=r.number(("auth", "failure_delay"), 2.0, 0, 60),
         max_failures=r.integer(("auth", "max_failures"), 10, 1, 100000),
         failure_window=r.number(("auth", "failure_window"), 300.0, 1, 86400),
+        failures_per_session=r.integer(("auth", "failures_per_session"), 3, 1, 1000),
         credential_cache_ttl=r.number(("auth", "credential_cache_ttl"), 3600.0, 0, 86400 * 30))
 
 

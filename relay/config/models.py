@@ -100,6 +100,7 @@ class AuthPolicy:
         ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
     failure_delay: float = 2.0          # seconds before a failed login is answered
     max_failures: int = 10              # per client address within failure_window
+    failures_per_session: int = 3       # wrong passwords before one session is closed
     failure_window: float = 300.0
     credential_cache_ttl: float = 3600.0   # verified passwords are not re-hashed for this long
 

@@ -93,3 +93,4 @@ class SessionContext:
     max_line: int = 8192
     max_literal: int = 65536  # IMAP LOGIN literals (a password can't be bigger)
     garbage_budget: int = 10  # bad commands before the machine says goodbye
+    max_failed_logins: int = 3  # wrong passwords in one session before it is closed

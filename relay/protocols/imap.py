@@ -106,6 +106,9 @@ class ImapMachine(Machine):
     def _goodbye_line(self) -> str:
         return "* BYE Too many invalid commands"
 
+    def _too_many_failures_line(self) -> str:
+        return "* BYE Too many failed logins"
+
     def _reset_after_tls(self) -> None:
         self._command = None
         self._literal_size = None

@@ -44,6 +44,10 @@ AUTHZID_TEXT = "Logging in as another user is not supported."
 _SECRET_KEYWORDS = re.compile(r"(?i)(?:^|\s)(LOGIN|AUTHENTICATE|AUTH|PASS|APOP)(?=\s)")
 _UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f]")
 
+# Failures that mean "wrong password or user" and so count towards closing a session that
+# keeps guessing; an identity provider that is down is not the client's fault.
+_GUESSING_FAILURES = frozenset([Failure.BAD_CREDENTIALS, Failure.NOT_PERMITTED])
+
 
 class Phase(enum.Enum):
     READING = "reading"  # interpreting client commands
@@ -91,6 +95,7 @@ class Machine:
         self._tls_active = ctx.tls_active
         self._phase = Phase.READING
         self._bad_commands = 0
+        self._failed_logins = 0
         self._skip_size = 0  # data of a refused command (IMAP LITERAL+, SMTP BDAT) to drop
         self._actions: List[Action] = []
 
@@ -128,6 +133,12 @@ class Machine:
             return self._flush()
         self._phase = Phase.READING
         self._login_failed(result)
+        if failure_of(result) in _GUESSING_FAILURES:
+            self._failed_logins += 1
+            if self._failed_logins >= self.ctx.max_failed_logins:
+                self._send(self._too_many_failures_line())
+                self._close("too many failed logins")
+                return self._flush()
         return self._drain()
 
     def timed_out(self) -> List[Action]:
@@ -237,6 +248,9 @@ class Machine:
         raise NotImplementedError
 
     def _goodbye_line(self) -> str:
+        raise NotImplementedError
+
+    def _too_many_failures_line(self) -> str:
         raise NotImplementedError
 
     def _on_line(self, data: bytes) -> None:

@@ -70,6 +70,9 @@ class Pop3Machine(Machine):
     def _goodbye_line(self) -> str:
         return "-ERR Too many bad commands, closing."
 
+    def _too_many_failures_line(self) -> str:
+        return "-ERR [AUTH] Too many failed logins, closing."
+
     def _reset_after_tls(self) -> None:
         self._user = None  # RFC 2595: back to a fresh AUTHORIZATION state
         self._in_sasl = False

@@ -75,6 +75,9 @@ class SmtpMachine(Machine):
     def _goodbye_line(self) -> str:
         return "421 4.7.0 Too many errors"
 
+    def _too_many_failures_line(self) -> str:
+        return "421 4.7.0 %s Too many failed authentications, closing" % self.ctx.hostname
+
     def _reset_after_tls(self) -> None:
         self._greeted_with = None  # RFC 3207: the client must EHLO again
         self._exchange = None
@@ -111,7 +114,7 @@ class SmtpMachine(Machine):
         if verb == b"BDAT":
             self._skip_bdat_chunk(argument)
         if verb in _NEEDS_AUTH:
-            self._bad(self._auth_refusal() or "530 5.7.0 Authentication required")
+            self._bad(self._auth_refusal() or "503 5.5.1 Authentication required first")
         elif verb in _NOT_IMPLEMENTED:
             self._bad("502 5.5.1 Command not implemented")
         else:

@@ -273,10 +273,10 @@ def test_mail_before_auth_and_a_bad_password_send_nothing(relay, bed, sender):
     rcpt = bed.new_account("r")
     with RawSmtp(port_of(relay, "plain")) as raw:
         _greet(raw)
-        assert raw.command(b"MAIL FROM:<" + sender.account.encode() + b">")[0] == 530
+        assert raw.command(b"MAIL FROM:<" + sender.account.encode() + b">") == (503, "503 5.5.1 Authentication required first")
         wrong = base64.b64encode(b"\0" + sender.name.encode() + b"\0wrong")
         assert raw.command(b"AUTH PLAIN " + wrong) == (535, "535 5.7.8 Authentication credentials invalid")
-        assert raw.command(b"RCPT TO:<" + rcpt.encode() + b">")[0] == 530
+        assert raw.command(b"RCPT TO:<" + rcpt.encode() + b">") == (503, "503 5.5.1 Authentication required first")
         assert raw.command(b"QUIT")[0] == 221
     assert_nothing_delivered(bed, rcpt)
 

@@ -212,7 +212,7 @@ def test_refresh_token_revoked_gets_535_saying_sign_in_again(relay, bed):
         assert code == 334
         code, text = raw.command(base64.b64encode(user.password.encode()))
         assert code == 535 and text.startswith(NEEDS_SIGNIN), text
-        assert raw.command(b"MAIL FROM:<" + user.account.encode() + b">")[0] == 530
+        assert raw.command(b"MAIL FROM:<" + user.account.encode() + b">") == (503, "503 5.5.1 Authentication required first")
         assert raw.command(b"QUIT")[0] == 221
     journal = _session_lines(_journal_since(relay, mark), user)
     assert re.search(r"login_needs_signin .*account=" + re.escape(user.account) + r" .*aadsts=50173", journal), journal

@@ -102,7 +102,7 @@ def _context(protocol: str, settings: Dict[str, str]) -> SessionContext:
     for key, value in settings.items():
         if key in ("tls_active", "starttls_offered", "plaintext_auth_allowed"):
             changes[key] = value == "yes"
-        elif key in ("max_line", "max_literal", "garbage_budget"):
+        elif key in ("max_line", "max_literal", "garbage_budget", "max_failed_logins"):
             changes[key] = int(value)
         elif key == "hostname":
             changes[key] = value
