@@ -342,10 +342,7 @@ def _login_arguments(segments: List[Segment]) -> Tuple[str, str]:
     values = parse_astrings(segments)
     if len(values) != 2:
         raise ImapSyntaxError("Syntax: LOGIN user password")
-    try:
-        return values[0].decode("utf-8"), values[1].decode("utf-8")
-    except UnicodeDecodeError:
-        raise ImapSyntaxError("Credentials are not valid UTF-8") from None
+    return sasl.credential_text(values[0]), sasl.credential_text(values[1])
 
 
 def _login_trace(segments: List[Segment]) -> str:

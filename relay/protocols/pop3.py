@@ -145,7 +145,7 @@ class Pop3Machine(Machine):
     def _user_command(self, argument: bytes) -> None:
         if not self._tls_ok():
             return
-        name = self._utf8(argument)
+        name = sasl.credential_text(argument)
         if not name:
             self._bad("-ERR Syntax: USER name")
             return
@@ -160,7 +160,7 @@ class Pop3Machine(Machine):
         if user is None:
             self._bad("-ERR Send USER first")
             return
-        password = self._utf8(argument)
+        password = sasl.credential_text(argument)
         if not password:
             self._bad("-ERR Syntax: PASS password")
             return
@@ -206,9 +206,3 @@ class Pop3Machine(Machine):
         hint = "; use STLS first" if self.starttls_available else ""
         self._send("-ERR [AUTH] TLS required" + hint)
         return False
-
-    def _utf8(self, data: bytes) -> str:
-        try:
-            return data.decode("utf-8")
-        except UnicodeDecodeError:
-            return ""  # treated as missing: the caller answers a syntax error

@@ -52,8 +52,8 @@ def decode_base64(answer: bytes) -> bytes:
 
 
 def decode_text(answer: bytes) -> str:
-    """Decode one base64 UTF-8 answer (the LOGIN mechanism's user or password)."""
-    return _utf8(decode_base64(answer))
+    """Decode one base64 answer (the LOGIN mechanism's user or password)."""
+    return credential_text(decode_base64(answer))
 
 
 def decode_plain(answer: bytes) -> PlainCredentials:
@@ -61,14 +61,19 @@ def decode_plain(answer: bytes) -> PlainCredentials:
     parts = decode_base64(answer).split(b"\0")
     if len(parts) != 3:
         raise SaslError("Malformed PLAIN message")
-    authzid, authcid, password = (_utf8(part) for part in parts)
+    authzid, authcid, password = (credential_text(part) for part in parts)
     if not authcid:
         raise SaslError("Malformed PLAIN message: empty user name")
     return PlainCredentials(authzid, authcid, password)
 
 
-def _utf8(data: bytes) -> str:
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError:
-        raise SaslError("Credentials are not valid UTF-8") from None
+def credential_text(data: bytes) -> str:
+    """A user name or password as text: UTF-8 as the RFCs say, else Windows-1252, which is
+    what old Windows mail programs send for a password such as 'Passwört'. Never fails, so
+    such a password is checked (and matches the admin's) instead of refused as a syntax error."""
+    for encoding in ("utf-8", "cp1252"):
+        try:
+            return data.decode(encoding)
+        except UnicodeDecodeError:
+            pass
+    return data.decode("latin-1")  # the five bytes cp1252 leaves undefined
