@@ -103,8 +103,10 @@ class CapabilityCache:
 class Services:
     def __init__(self, config: Config, users: Users, tokens, offload=None):
         self.config = config
-        self.authenticator = (LocalAuthenticator(users, config.auth, offload) if offload
-                              else LocalAuthenticator(users, config.auth))
+        # Failed logins are counted per client address across every listener's workers.
+        failures_dir = os.path.join(config.runtime_dir, "failures")
+        self.authenticator = (LocalAuthenticator(users, config.auth, offload, failures_dir) if offload
+                              else LocalAuthenticator(users, config.auth, failures_dir=failures_dir))
         self.tokens = tokens
         self.server_tls = server_context(config)
         self.upstream_tls = client_tls_context(config.upstream.ca_file)

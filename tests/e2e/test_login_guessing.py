@@ -11,6 +11,7 @@ import smtplib
 
 import pytest
 
+from tests.e2e.harness import Relay
 from tests.e2e.pop3_support import RawPop3, plain
 from tests.e2e.test_imap import RawImap
 
@@ -92,3 +93,32 @@ def test_smtplib_third_wrong_password_gets_421(relay, guessed, bed):
     finally:
         client.close()
     assert len(_close_reasons(relay, mark)) == 1
+
+
+@pytest.fixture(scope="module")
+def strict_relay(bed, tmp_path_factory):
+    """The shipped per-address lockout, lowered to 3 failures so the test stays short."""
+    instance = Relay(bed, tmp_path_factory.mktemp("relay-strict"), auth={"max_failures": 3})
+    try:
+        yield instance.start()
+    finally:
+        instance.stop()
+
+
+def test_failures_on_one_protocol_lock_the_address_out_of_the_others(strict_relay, bed):
+    """Each listener runs in its own worker process; the count per address is still one."""
+    user = strict_relay.new_user(password="right-password")
+    mark = len(strict_relay.journal_text())
+    with RawImap.open(strict_relay, bed, "tls") as raw:
+        for tag in (b"a1", b"a2"):
+            assert raw.command(tag, b"LOGIN " + user.name.encode() + b" wrong")[-1].startswith(tag + b" NO")
+    client = smtplib.SMTP_SSL("127.0.0.1", strict_relay.ports["smtp-tls"], context=bed.ssl_context(), timeout=30)
+    with pytest.raises(smtplib.SMTPAuthenticationError):
+        client.login(user.name, "wrong")
+    client.close()
+    # The third failure was on SMTP: now even the right password is refused on POP3.
+    with RawPop3(strict_relay.ports["pop3-tls"], bed.ssl_context()) as raw:
+        assert raw.line().startswith(b"+OK")
+        assert raw.command("USER " + user.name).startswith(b"+OK")
+        assert raw.command("PASS right-password") == b"-ERR [AUTH] Authentication failed."
+    assert "too many failed logins from this address" in strict_relay.journal_text()[mark:]

@@ -1,7 +1,7 @@
 """Local logins: the slow hash runs once per password, wrong or changed ones never hit the cache."""
 
 from relay.config.models import AuthPolicy, User, Users
-from relay.local_auth import LocalAuthenticator
+from relay.local_auth import FailureThrottle, LocalAuthenticator
 from relay.passwords import hash_password, verify_password
 from relay.protocols.base import Failure
 
@@ -76,3 +76,60 @@ def test_hash_format_and_awkward_passwords():
         assert encoded.startswith("$scrypt$ln=10,r=8,p=1$")
         assert verify_password(password, encoded) and not verify_password(password + "x", encoded)
     assert not verify_password("x", "$scrypt$garbage")
+
+
+class _Clock:
+    def __init__(self, now: float = 1_700_000_000.0):
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_failures_are_shared_by_every_process_using_the_directory(tmp_path):
+    clock = _Clock()
+    imap = FailureThrottle(3, 300, clock, directory=str(tmp_path))
+    smtp = FailureThrottle(3, 300, clock, directory=str(tmp_path))   # another listener's worker
+    imap.record("10.0.0.9")
+    smtp.record("10.0.0.9")
+    assert not imap.blocked("10.0.0.9")
+    imap.record("10.0.0.9")
+    assert imap.blocked("10.0.0.9") and smtp.blocked("10.0.0.9")
+    assert not smtp.blocked("10.0.0.10")
+    clock.now += 301                                   # the window has passed
+    assert not smtp.blocked("10.0.0.9")
+    assert list(tmp_path.iterdir()) == []              # and the address's file is gone
+
+
+def test_shared_throttle_ignores_torn_lines_and_stamps_from_a_clock_set_back(tmp_path):
+    clock = _Clock()
+    throttle = FailureThrottle(2, 300, clock, directory=str(tmp_path))
+    throttle.record("10.0.0.9")
+    path = next(tmp_path.iterdir())
+    with open(path, "ab") as stream:
+        stream.write(b"%.3f\n17000" % (clock.now + 86400))   # a future stamp and a torn write
+    assert not throttle.blocked("10.0.0.9")
+    throttle.record("10.0.0.9")
+    assert throttle.blocked("10.0.0.9")
+
+
+def test_shared_throttle_compacts_long_files_and_sweeps_stale_ones(tmp_path):
+    clock = _Clock()
+    throttle = FailureThrottle(3, 300, clock, directory=str(tmp_path))
+    throttle.record("10.0.0.1")
+    clock.now += 400
+    for _ in range(3 * FailureThrottle.SWEEP_EVERY):  # well over COMPACT_ABOVE bytes of stamps
+        throttle.record("10.0.0.2")
+    files = list(tmp_path.iterdir())
+    assert len(files) == 1                             # 10.0.0.1's stale file was swept
+    assert files[0].stat().st_size < FailureThrottle.COMPACT_ABOVE / 2   # rewritten short
+    assert throttle.blocked("10.0.0.2")
+
+
+def test_throttle_counts_in_memory_when_the_directory_is_unusable(tmp_path):
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("")
+    throttle = FailureThrottle(2, 300, _Clock(), directory=str(blocker / "failures"))
+    throttle.record("10.0.0.9")
+    throttle.record("10.0.0.9")
+    assert throttle.blocked("10.0.0.9")
