@@ -108,7 +108,6 @@ class FailureThrottle:
             write_atomically(path, b"".join(b"%.3f\n" % stamp for stamp in recent[-self.limit:]), 0o600,
                              durable=False)
 
-
     def _sweep(self) -> None:
         """Remove the files of addresses that have not failed within the window."""
         with os.scandir(self.directory) as entries:
