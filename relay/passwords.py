@@ -44,7 +44,14 @@ def verify_password(password: str, encoded: str) -> bool:
 
 
 @functools.lru_cache(maxsize=1)
+@functools.lru_cache(maxsize=1)
 def dummy_hash() -> str:
     """A hash to check when the user does not exist, so unknown names cost as much as wrong
-    passwords and cannot be told apart by timing."""
+    passwords and cannot be told apart by timing. Made once: making it is a slow hash too."""
     return hash_password("not a real password")
+
+
+def verify_unknown_user(password: str) -> bool:
+    """The work a wrong password costs, for a name that has no user; always False."""
+    verify_password(password, dummy_hash())
+    return False

@@ -55,6 +55,32 @@ def test_unknown_user_costs_a_hash_too():
     assert offload.calls == 1
 
 
+def test_no_hash_is_made_outside_the_offloaded_call(monkeypatch):
+    """The worker offloads hashing to threads; a hash made before the hand-over (the dummy
+    hash for an unknown name, say) would stall every session of the worker."""
+    from relay import passwords
+    passwords.dummy_hash.cache_clear()
+    users = users_with("right")
+    inside = [False]
+    real_scrypt = passwords.hashlib.scrypt
+
+    def scrypt(*args, **kwargs):
+        assert inside[0], "a slow hash ran outside the offloaded call"
+        return real_scrypt(*args, **kwargs)
+
+    def offload(function, *args):
+        inside[0] = True
+        try:
+            return function(*args)
+        finally:
+            inside[0] = False
+
+    monkeypatch.setattr(passwords.hashlib, "scrypt", scrypt)
+    auth = LocalAuthenticator(users, AuthPolicy(), offload)
+    assert auth.check("mallory", "x", "imap", "127.0.0.1")[1] is Failure.BAD_CREDENTIALS
+    assert auth.check("alice", "wrong", "imap", "127.0.0.1")[1] is Failure.BAD_CREDENTIALS
+
+
 def test_protocol_permission():
     auth = LocalAuthenticator(users_with("right", protocols=("smtp",)), AuthPolicy())
     assert auth.check("alice", "right", "imap", "127.0.0.1")[1] is Failure.NOT_PERMITTED
