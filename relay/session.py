@@ -188,8 +188,7 @@ class Session:
             return LoginResult(ok=False, failure=exc.failure, text="See https://aka.ms/smtp_auth_disabled")
         except UpstreamError as exc:
             self.log.warning("login_upstream_failed", account=user.account, reason=exc.reason, answer=exc.answer)
-            text = {Failure.NEEDS_SIGNIN: "(Office 365 refused the relay's token.)",
-                    Failure.NOT_PERMITTED: "(Office 365 refused access to this mailbox.)"}.get(exc.failure, "")
+            text = "(Office 365 refused the relay's token.)" if exc.failure is Failure.NEEDS_SIGNIN else ""
             return LoginResult(ok=False, failure=exc.failure, text=text)
         self.services.capabilities.learn(protocol, capabilities)
         activity.record_login(self.config.state_dir, user.name, protocol)

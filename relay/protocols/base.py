@@ -67,11 +67,13 @@ Action = Union[Send, StartTLS, Login, Pipe, Close, Trace]
 class Failure(enum.Enum):
     BAD_CREDENTIALS = "bad_credentials"  # unknown user or wrong local password
     NOT_PERMITTED = "not_permitted"  # user may not use this protocol
+    MAILBOX_REFUSED = "mailbox_refused"  # Office 365 refused the account that mailbox
     NEEDS_SIGNIN = "needs_signin"  # admin must run `oauth-relay login`
     UNAVAILABLE = "unavailable"  # identity provider or upstream down/throttled
     TOO_MANY_SESSIONS = "too_many_sessions"  # per-mailbox cap reached
     SMTP_AUTH_DISABLED = "smtp_auth_disabled"  # Office 365 535 5.7.139
     IN_USE = "in_use"  # POP3 mailbox locked upstream
+    UPSTREAM_PERMANENT = "upstream_permanent"  # POP3 [SYS/PERM] upstream: needs an admin, not a retry
 
 
 @dataclass(frozen=True)

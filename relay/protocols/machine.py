@@ -37,6 +37,8 @@ SMTP_AUTH_DISABLED_TEXT = "SMTP AUTH is disabled for this mailbox or tenant in O
 UNAVAILABLE_TEXT = "Office 365 is unavailable right now; try again later."
 TOO_MANY_SESSIONS_TEXT = "Too many open sessions for this mailbox; try again later."
 IN_USE_TEXT = "The mailbox is in use by another session; try again later."
+MAILBOX_REFUSED_TEXT = "Office 365 refused this account access to the mailbox."
+UPSTREAM_PERMANENT_TEXT = "Office 365 reports a permanent problem with this mailbox; ask the administrator."
 AUTHZID_TEXT = "Logging in as another user is not supported."
 
 # A misdirected secret (say `PASS x` sent to IMAP) must not reach the journal

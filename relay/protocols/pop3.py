@@ -10,11 +10,13 @@ from .lines import Line
 from .machine import (
     AUTHZID_TEXT,
     IN_USE_TEXT,
+    MAILBOX_REFUSED_TEXT,
     NEEDS_SIGNIN_TEXT,
     REDACTED,
     SMTP_AUTH_DISABLED_TEXT,
     TOO_MANY_SESSIONS_TEXT,
     UNAVAILABLE_TEXT,
+    UPSTREAM_PERMANENT_TEXT,
     Machine,
     auth_trace,
     failure_of,
@@ -36,11 +38,13 @@ _OWN_CAPABILITIES = frozenset(
 _FAILURE_REPLIES = {
     Failure.BAD_CREDENTIALS: "-ERR [AUTH] Authentication failed.",
     Failure.NOT_PERMITTED: "-ERR [AUTH] This account is not allowed to use POP3.",
+    Failure.MAILBOX_REFUSED: "-ERR [AUTH] " + MAILBOX_REFUSED_TEXT,
     Failure.NEEDS_SIGNIN: "-ERR [AUTH] " + NEEDS_SIGNIN_TEXT,
     Failure.UNAVAILABLE: "-ERR [SYS/TEMP] " + UNAVAILABLE_TEXT,
     Failure.TOO_MANY_SESSIONS: "-ERR [SYS/TEMP] " + TOO_MANY_SESSIONS_TEXT,
     Failure.SMTP_AUTH_DISABLED: "-ERR [AUTH] " + SMTP_AUTH_DISABLED_TEXT,
     Failure.IN_USE: "-ERR [IN-USE] " + IN_USE_TEXT,
+    Failure.UPSTREAM_PERMANENT: "-ERR [SYS/PERM] " + UPSTREAM_PERMANENT_TEXT,
 }
 
 

@@ -11,11 +11,13 @@ from .lines import Line
 from .machine import (
     AUTHZID_TEXT,
     IN_USE_TEXT,
+    MAILBOX_REFUSED_TEXT,
     NEEDS_SIGNIN_TEXT,
     REDACTED,
     SMTP_AUTH_DISABLED_TEXT,
     TOO_MANY_SESSIONS_TEXT,
     UNAVAILABLE_TEXT,
+    UPSTREAM_PERMANENT_TEXT,
     Machine,
     auth_trace,
     failure_of,
@@ -32,11 +34,13 @@ _TEMPORARY = "454 4.7.0 Temporary authentication failure: "
 _FAILURE_REPLIES = {
     Failure.BAD_CREDENTIALS: "535 5.7.8 Authentication credentials invalid",
     Failure.NOT_PERMITTED: "535 5.7.8 Authentication credentials invalid",
+    Failure.MAILBOX_REFUSED: "535 5.7.8 " + MAILBOX_REFUSED_TEXT,
     Failure.NEEDS_SIGNIN: "535 5.7.8 " + NEEDS_SIGNIN_TEXT,
     Failure.UNAVAILABLE: _TEMPORARY + UNAVAILABLE_TEXT,
     Failure.TOO_MANY_SESSIONS: _TEMPORARY + TOO_MANY_SESSIONS_TEXT,
     Failure.SMTP_AUTH_DISABLED: "535 5.7.139 " + SMTP_AUTH_DISABLED_TEXT,
     Failure.IN_USE: _TEMPORARY + IN_USE_TEXT,
+    Failure.UPSTREAM_PERMANENT: "554 5.7.0 " + UPSTREAM_PERMANENT_TEXT,
 }
 
 

@@ -27,7 +27,7 @@ class MailboxRefused(UpstreamError):
     `oauth-relay login` would not help), but the account may not open that mailbox: a shared
     mailbox without Full Access, or the protocol switched off for the mailbox."""
 
-    failure = Failure.NOT_PERMITTED
+    failure = Failure.MAILBOX_REFUSED
 
 
 class SmtpAuthDisabled(UpstreamError):
@@ -40,3 +40,10 @@ class SmtpAuthDisabled(UpstreamError):
 
 class MailboxInUse(UpstreamError):
     failure = Failure.IN_USE
+
+
+class UpstreamPermanent(UpstreamError):
+    """POP3 [SYS/PERM] (RFC 3206): a system problem upstream that will not go away without an
+    administrator; the client is told so instead of being told to try again."""
+
+    failure = Failure.UPSTREAM_PERMANENT

@@ -6,7 +6,7 @@ import re
 from typing import List, Tuple
 
 from relay.upstream.connection import UpstreamConnection
-from relay.upstream.errors import MailboxInUse, TokenRefused, UpstreamError
+from relay.upstream.errors import MailboxInUse, TokenRefused, UpstreamError, UpstreamPermanent
 
 # Answers that say "not now" or "not a token problem" (RFC 2449 [SYS/...], [LOGIN-DELAY]): a
 # fresh token would not help, so the relay neither refreshes nor asks for a new sign-in.
@@ -57,5 +57,7 @@ def login(conn: UpstreamConnection, security: str, mailbox: str, sasl: bytes) ->
         return tuple(caps)
     if "[IN-USE]" in line.upper():
         raise MailboxInUse(f"the mailbox {mailbox} is locked by another POP3 session", line)
+    if "[SYS/PERM]" in line.upper():
+        raise UpstreamPermanent(f"the POP3 server reports a permanent problem with {mailbox}", line)
     error = UpstreamError if _TRANSIENT.search(line) else TokenRefused
     raise error(f"the POP3 server refused XOAUTH2 for {mailbox}", line)

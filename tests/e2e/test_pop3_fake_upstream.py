@@ -134,15 +134,27 @@ def test_mailbox_in_use_is_passed_through(fake_relay, bed, fake):
              "Office 365's answer in the journal")
 
 
-@pytest.mark.parametrize("kind", ["temp", "perm", "delay"])
-def test_upstream_system_answers_are_no_token_problem(fake_relay, bed, fake, kind):
-    """[SYS/TEMP], [SYS/PERM], [LOGIN-DELAY]: no refresh, no "sign in again" (the journal
-    keeps Office 365's own words)."""
+@pytest.mark.parametrize("kind, reply, upstream_said", [
+    pytest.param("temp", b"-ERR [SYS/TEMP] Office 365 is unavailable right now; try again later.",
+                 "[SYS/TEMP] Server Unavailable. 21", id="temp"),
+    pytest.param("delay", b"-ERR [SYS/TEMP] Office 365 is unavailable right now; try again later.",
+                 "[LOGIN-DELAY] Minimum time between logins not reached.", id="delay"),
+    # RFC 3206: SYS/PERM is "don't retry, tell the user to ask for help": it stays permanent.
+    pytest.param("perm", b"-ERR [SYS/PERM] Office 365 reports a permanent problem with this mailbox; "
+                 b"ask the administrator.", "[SYS/PERM] POP3 is switched off for this mailbox.", id="perm"),
+])
+def test_upstream_system_answers_are_no_token_problem(fake_relay, bed, fake, kind, reply, upstream_said):
+    """[SYS/TEMP], [SYS/PERM], [LOGIN-DELAY]: no refresh, no "sign in again"; temporary stays
+    temporary, permanent permanent, and the journal keeps Office 365's own words."""
     name, mailbox = local_user(fake_relay, kind)
     bed.idp.reset_counts()
-    assert login(fake_relay, bed, name).startswith(b"-ERR [SYS/TEMP] ")
+    mark = len(fake_relay.journal_text())
+    assert login(fake_relay, bed, name) == reply
     assert fake.attempts[mailbox] == 1
     assert not bed.idp.counts().get("token:refresh_token")
+    journal = fake_relay.journal_text()[mark:]
+    assert re.search(r"login_upstream_failed .*user=%s .*answer=.?-ERR %s"
+                     % (re.escape(name), re.escape(upstream_said)), journal), journal
 
 
 def test_sessions_per_mailbox_are_capped_and_released(fake_relay, bed, fake):

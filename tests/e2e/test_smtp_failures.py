@@ -23,6 +23,7 @@ from tests.e2e.smtp_support import (RawSmtp, assert_delivered_as_sent, assert_no
 
 pytestmark = pytest.mark.timeout(120)
 ASCII_PASSWORD = "failures pass"
+LOGIN_TIMEOUT = 3   # the second relay's upstream.login_timeout
 NEEDS_SIGNIN = ("535 5.7.8 The relay has no valid Office 365 sign-in for this account;"
                 " the administrator must run 'oauth-relay login'.")
 
@@ -268,14 +269,23 @@ def test_shared_mailbox_as_sender(relay, bed):
 # ------------------------------------------------------------------------- a second relay
 
 class FakeOffice365Smtp(FakeUpstream):
-    """Office 365's SMTP as far as Postfix cannot play it: STARTTLS, then `535 5.7.139` to every
-    AUTH XOAUTH2 (SMTP AUTH switched off for the tenant). Counts the AUTH attempts."""
+    """Office 365's SMTP as far as Postfix cannot play it: STARTTLS, then an answer to AUTH
+    XOAUTH2 chosen by the account's local part (the SASL user is always the token owner):
+    THROTTLED's answers, none at all for "silent", and `535 5.7.139` (SMTP AUTH switched off
+    for the tenant) for every other account. Counts the AUTH attempts per account."""
 
     ANSWER = ("535 5.7.139 Authentication unsuccessful, SmtpClientAuthentication is disabled for the Tenant. "
               "Visit https://aka.ms/smtp_auth_disabled for more information. [AM0PR01CA0001]")
+    # Office 365's "not now" answers: the temporary server error, and the throttling that ends
+    # the connection.
+    THROTTLED = {
+        "busy454": "454 4.7.0 Temporary server error. Please try again later. PRX4 [AM0PR01CA0001]",
+        "busy451": "451 4.7.0 Temporary server error. Please try again later. PRX4 [AM0PR01CA0001]",
+        "busy421": "421 4.7.66 Too many concurrent connections from this client. Try again later. [AM0PR01CA0001]",
+    }
 
     def __init__(self, bed, directory: str):
-        self.auth_attempts = 0
+        self.attempts = {}
         super().__init__(bed, directory)
 
     def _serve(self, conn: socket.socket) -> None:
@@ -284,7 +294,8 @@ class FakeOffice365Smtp(FakeUpstream):
             reader = conn.makefile("rb")
             conn.sendall(b"220 fake.outlook.test Microsoft ESMTP MAIL Service ready\r\n")
             for _ in range(20):
-                line = reader.readline(65536).rstrip(b"\r\n").upper()
+                raw = reader.readline(65536).rstrip(b"\r\n")
+                line = raw.upper()
                 if not line or line == b"QUIT":
                     break
                 if line.startswith(b"EHLO"):
@@ -297,11 +308,11 @@ class FakeOffice365Smtp(FakeUpstream):
                     conn = self.context.wrap_socket(conn, server_side=True)
                     reader = conn.makefile("rb")
                 elif line.startswith(b"AUTH XOAUTH2"):
-                    self.auth_attempts += 1
                     if line == b"AUTH XOAUTH2":
                         conn.sendall(b"334 \r\n")
-                        reader.readline(65536)
-                    conn.sendall(self.ANSWER.encode() + b"\r\n")
+                        raw = reader.readline(65536).strip()
+                    if not self._authenticate(conn, raw.split(b" ")[-1]):
+                        break
                 else:
                     conn.sendall(b"500 5.3.3 Unrecognized command\r\n")
         except (OSError, ssl.SSLError):
@@ -309,16 +320,29 @@ class FakeOffice365Smtp(FakeUpstream):
         finally:
             conn.close()
 
+    def _authenticate(self, conn, response: bytes) -> bool:
+        """Answer one AUTH XOAUTH2; False when the connection is to end."""
+        account = re.search(rb"user=([^\x01]*)", base64.b64decode(response)).group(1).decode()
+        self.attempts[account] = self.attempts.get(account, 0) + 1
+        kind = account.split("-")[0]
+        if kind == "silent":
+            self.closing.wait(LOGIN_TIMEOUT + 5)
+            return False
+        conn.sendall(self.THROTTLED.get(kind, self.ANSWER).encode() + b"\r\n")
+        return not self.THROTTLED.get(kind, "").startswith("421")
+
 
 @pytest.fixture(scope="module")
 def second_relay(bed, tmp_path_factory):
-    """SMTP listeners only, plaintext AUTH allowed from nowhere, Office 365 a fake saying 5.7.139."""
+    """SMTP listeners only, plaintext AUTH allowed from nowhere, Office 365 a fake (mostly saying
+    5.7.139), a short upstream login time limit."""
     root = tmp_path_factory.mktemp("relay-smtp-second")
     fake = FakeOffice365Smtp(bed, str(root / "fake-certs"))
     instance = Relay(bed, root, auth={"plaintext_from": "[]"})
     serve_only(instance, "smtp", {
         f"  smtp: {{host: {bed.upstream_host}, port: {bed.smtp_port}, security: starttls}}\n":
-            f"  smtp: {{host: 127.0.0.1, port: {fake.port}, security: starttls}}\n"})
+            f"  smtp: {{host: 127.0.0.1, port: {fake.port}, security: starttls}}\n",
+        "  login_timeout: 15\n": f"  login_timeout: {LOGIN_TIMEOUT}\n"})
     try:
         instance.start()
         instance.fake = fake
@@ -348,15 +372,52 @@ def test_smtp_auth_disabled_gets_535_5_7_139_and_the_admin_fix(second_relay, bed
     bed.idp.set_device_flow(interval=1)
     user = second_relay.new_user(protocols=["smtp"], password=ASCII_PASSWORD)
     refreshes = bed.idp.counts().get("token:refresh_token", 0)
-    attempts = second_relay.fake.auth_attempts
     mark = len(second_relay.journal_text())
     with RawSmtp(second_relay.ports["smtp-tls"], bed.ssl_context()) as raw:
         code, text = _auth(raw, user)
         assert text == ("535 5.7.139 SMTP AUTH is disabled for this mailbox or tenant in Office 365. "
                         "See https://aka.ms/smtp_auth_disabled"), text
         assert raw.command(b"QUIT")[0] == 221
-    assert second_relay.fake.auth_attempts == attempts + 1            # no second try...
+    assert second_relay.fake.attempts[user.account] == 1              # no second try...
     assert bed.idp.counts().get("token:refresh_token", 0) == refreshes  # ...and no refresh
     journal = _session_lines(_journal_since(second_relay, mark), user)
     assert re.search(r"error +login_smtp_auth_disabled .*5\.7\.139 .*Set-CASMailbox .*"
                      r"-SmtpClientAuthenticationDisabled \$false", journal), journal
+
+
+@pytest.mark.parametrize("kind", sorted(FakeOffice365Smtp.THROTTLED))
+def test_throttled_upstream_gets_454_without_a_refresh(second_relay, bed, kind):
+    bed.idp.set_device_flow(interval=1)
+    user = second_relay.new_user(protocols=["smtp"], password=ASCII_PASSWORD, account=bed.new_account(kind))
+    bed.idp.reset_counts()
+    mark = len(second_relay.journal_text())
+    with RawSmtp(second_relay.ports["smtp-tls"], bed.ssl_context()) as raw:
+        assert _auth(raw, user) == (454, "454 4.7.0 Temporary authentication failure: "
+                                         "Office 365 is unavailable right now; try again later.")
+        assert raw.command(b"QUIT")[0] == 221
+    assert second_relay.fake.attempts[user.account] == 1   # "not now" is no reason to retry...
+    assert not bed.idp.counts().get("token:refresh_token")  # ...nor to refresh the token
+    journal = _session_lines(_journal_since(second_relay, mark), user)
+    assert re.search(r"login_upstream_failed .*answer=.?%s" % re.escape(FakeOffice365Smtp.THROTTLED[kind]),
+                     journal), journal
+    assert "upstream_refused_token" not in journal
+
+
+def test_upstream_that_never_answers_auth_gets_454_after_the_login_timeout(second_relay, bed):
+    bed.idp.set_device_flow(interval=1)
+    user = second_relay.new_user(protocols=["smtp"], password=ASCII_PASSWORD, account=bed.new_account("silent"))
+    bed.idp.reset_counts()
+    mark = len(second_relay.journal_text())
+    with RawSmtp(second_relay.ports["smtp-tls"], bed.ssl_context(), timeout=LOGIN_TIMEOUT + 15) as raw:
+        assert raw.reply()[0] == 220
+        assert raw.command(b"EHLO legacy.example.test")[0] == 250
+        started = time.monotonic()
+        assert raw.command(b"AUTH PLAIN " + plain_response(user)) == (
+            454, "454 4.7.0 Temporary authentication failure: Office 365 is unavailable right now; try again later.")
+        assert LOGIN_TIMEOUT - 0.5 < time.monotonic() - started < LOGIN_TIMEOUT + 3
+        assert raw.command(b"QUIT")[0] == 221
+    assert second_relay.fake.attempts[user.account] == 1
+    assert not bed.idp.counts().get("token:refresh_token")
+    journal = _session_lines(_journal_since(second_relay, mark), user)
+    assert re.search(r"login_upstream_failed .*reason=.?127\.0\.0\.1:%d did not answer in time"
+                     % second_relay.fake.port, journal), journal
