@@ -24,6 +24,9 @@ Choices that matter (Dovecot 2.3.19):
   IMAP/POP3 (and LMTP), the other only the SASL socket for Postfix and the
   userdb for dovecot-lda. Stopping the first takes IMAP/POP3 down and leaves
   SMTP working, as the Office 365 services fail independently.
+- The IMAP service loads zlib + imap_zlib, so it offers COMPRESS=DEFLATE
+  (RFC 4978) after login: the relay's byte pipe must carry a compressed
+  session it never looks into. (No zlib_save: mail is stored uncompressed.)
 """
 from __future__ import annotations
 
@@ -286,6 +289,10 @@ service anvil {
 """
 
 _MAIL_SERVICES = """\
+mail_plugins = $mail_plugins zlib
+protocol imap {
+  mail_plugins = $mail_plugins imap_zlib
+}
 service imap-login {
   inet_listener imap {
     address = %(host)s

@@ -17,6 +17,10 @@ is a plain SIGTERM and start() after stop() reuses the same port.
   which dovecot-lda 2.3 refuses, reach the same maildir via a shell script.
 - reject@example.test gets a 550, tempfail@example.test a 450; any other
   domain is refused; nothing ever leaves the machine.
+- Refusals after the message body (smtpd_end_of_data_restrictions): a single
+  recipient whose local part starts with reject-eod- gets a 554 5.7.1, one
+  with tempfail-eod- a 451 4.3.0, in reply to the final "." (or the last
+  BDAT), after the client sent the whole message; nothing is queued.
 - message_size_limit = 150 MiB as Office 365 advertises; SMTPUTF8 and 8BITMIME on.
 """
 from __future__ import annotations
@@ -34,6 +38,11 @@ HOST = "127.0.0.2"
 MESSAGE_SIZE_LIMIT = 157286400
 REJECT_RECIPIENT = "reject@example.test"
 TEMPFAIL_RECIPIENT = "tempfail@example.test"
+# Local-part prefixes refused at the end of DATA (append anything, e.g. a uuid, @example.test).
+REJECT_EOD_PREFIX = "reject-eod-"
+TEMPFAIL_EOD_PREFIX = "tempfail-eod-"
+REJECT_EOD_TEXT = "5.7.1 Message content rejected by the test bed"
+TEMPFAIL_EOD_TEXT = "4.3.0 Message content check unavailable, try again later"
 
 
 class Postfix:
@@ -66,6 +75,7 @@ class Postfix:
             "sasl": self.sasl_socket, "lda": self.lda, "lda_config": self.lda_config,
             "host": HOST,
             "port": self.smtp_port, "access": os.path.join(self.config_dir, "recipient_access"),
+            "eod_access": os.path.join(self.config_dir, "end_of_data_access"),
             "sender_map": self.sender_map, "size": MESSAGE_SIZE_LIMIT,
             "procs": self.max_connections + 20,
             "transport": os.path.join(self.config_dir, "transport"),
@@ -80,6 +90,12 @@ class Postfix:
             # Postfix prefixes "<rcpt>: Recipient address rejected: ".
             "%s 550 5.1.1 User unknown" % REJECT_RECIPIENT,
             "%s 450 4.2.1 Mailbox busy, try again later" % TEMPFAIL_RECIPIENT,
+            "",
+        ]))
+        # Checked at the end of DATA; the same "<rcpt>: Recipient address rejected: " prefix.
+        self._write("end_of_data_access", "\n".join([
+            "/^%s[^@]*@example\\.test$/ 554 %s" % (REJECT_EOD_PREFIX, REJECT_EOD_TEXT),
+            "/^%s[^@]*@example\\.test$/ 451 %s" % (TEMPFAIL_EOD_PREFIX, TEMPFAIL_EOD_TEXT),
             "",
         ]))
 
@@ -230,6 +246,7 @@ smtpd_sender_restrictions = reject_sender_login_mismatch
 smtpd_relay_restrictions = permit_sasl_authenticated, reject
 smtpd_recipient_restrictions = check_recipient_access texthash:%(access)s,
     permit_sasl_authenticated, reject
+smtpd_end_of_data_restrictions = check_recipient_access regexp:%(eod_access)s
 """
 
 _MASTER_CF = """\

@@ -25,6 +25,8 @@ GETMAIL = str(_BESIDE) if _BESIDE.exists() else shutil.which("getmail")
 class RawPop3(RawClient):
     """A POP3 client that sends exactly the bytes it is given and reads replies with a deadline."""
 
+    NODELAY = True   # send_split: one byte per TCP segment (with Nagle, the bytes coalesce)
+
     def _check_size(self) -> None:
         if len(self.buffer) > READ_LIMIT:
             raise AssertionError("reply larger than any this test expects")

@@ -17,6 +17,7 @@ from typing import List
 import pytest
 
 from tests.e2e.harness import AWKWARD_PASSWORD, Relay, wait_for
+from tests.e2e.sockets import connection, relay_sockets
 from tests.e2e.test_imap import RawImap, assert_logged_in, plain_ir, quoted, select_and_logout
 
 NEEDS_SIGNIN = b"oauth-relay login"
@@ -239,12 +240,23 @@ def test_upstream_session_ends_when_dovecot_stops(relay, bed, user):
 
 
 def test_client_going_away_closes_the_upstream_session(relay, bed, user):
+    dovecot = (bed.upstream_host, bed.imaps_port)
+    before = {sock.local for sock in relay_sockets(relay, peer=dovecot)}
     client, lines = login(relay, bed, user.name, user.password, keep=True)
     assert_logged_in(lines, b"a1")
     session = re.findall(r"login_ok .*?session=(\S+)", relay.journal_text())[-1]
+    # This session's connection to Dovecot: open at both ends.
+    legs = [sock.local for sock in relay_sockets(relay, peer=dovecot) if sock.local not in before]
+    assert len(legs) == 1, relay_sockets(relay, peer=dovecot)
+    ends = connection(legs[0], dovecot)
+    assert sorted(sock.state for sock in ends) == ["ESTAB", "ESTAB"] and all(sock.pids for sock in ends), ends
     client.close()  # no LOGOUT: the program just quits
     wait_for(lambda: re.search(r'session_closed .*session=%s .*reason="client closed"' % re.escape(session),
                                relay.journal_text()), 15, "the relay to end the upstream session")
+    # The relay closed it and Dovecot closed its end too: no process holds either end, at
+    # most the relay's side lingers in TIME-WAIT.
+    wait_for(lambda: all(sock.state == "TIME-WAIT" and not sock.pids for sock in connection(legs[0], dovecot)),
+             15, f"the connection {legs[0]} -> {dovecot} to close at both ends")
 
 
 # ------------------------------------------------------------------------------- bad input

@@ -133,20 +133,21 @@ def test_auth_plain_as_another_identity_is_refused(relay, reader):
         assert reply.startswith(b"-ERR [AUTH]")
 
 
-def test_commands_split_byte_by_byte(relay, bed, reader):
-    with RawPop3(relay.ports["pop3-tls"], bed.ssl_context()) as raw:
+@pytest.mark.parametrize("port_name", ["pop3-starttls", "pop3-tls"])
+def test_commands_split_byte_by_byte(relay, bed, reader, port_name):
+    """One byte per TCP segment (RawPop3 turns Nagle off), before and after login."""
+    context = bed.ssl_context() if port_name == "pop3-tls" else None
+    with RawPop3(relay.ports[port_name], context) as raw:
         raw.line()
-        for byte in f"USER {reader.name}\r\n".encode():
-            raw.send(bytes([byte]))
+        raw.send_split(f"USER {reader.name}\r\n".encode())
         assert raw.line().startswith(b"+OK")
-        for byte in f"PASS {reader.password}\r\n".encode("utf-8"):
-            raw.send(bytes([byte]))
+        raw.send_split(f"PASS {reader.password}\r\n".encode("utf-8"))
         assert raw.line().startswith(b"+OK")
-        for byte in b"STAT\r\n":  # after login too: the pipe forwards whatever arrives
-            raw.send(bytes([byte]))
+        raw.send_split(b"STAT\r\n")  # after login too: the pipe forwards whatever arrives
         assert raw.line().startswith(b"+OK 3 ")
-        raw.send(b"QUIT\r\n")
+        raw.send_split(b"QUIT\r\n")
         assert raw.line().startswith(b"+OK")
+        assert raw.closed()
 
 
 def test_commands_coalesced_in_one_write(relay, bed, reader):

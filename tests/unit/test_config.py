@@ -131,3 +131,23 @@ def test_relative_paths_follow_the_config_file(tmp_path):
     config, users = load_config(str(write(tmp_path, "state_dir: state\n" + APPS)))
     assert config.state_dir == str(tmp_path / "state")
     assert users.path == str(tmp_path / "users.yaml")
+
+
+def test_idle_timeout_under_30_minutes_is_refused(tmp_path):
+    """RFC 3501 5.4: an authenticated IMAP client may stay silent for 30 minutes; a shorter
+    idle timeout would cut off IDLE sessions, so check-config refuses it."""
+    code, output = check_config(write(tmp_path, APPS + "limits: {idle_timeout: 600}\n"))
+    assert code == 78, output
+    assert "relay.yaml:7:" in output and "limits.idle_timeout: must be between 1800 and 86400 (got 600)" in output, output
+    code, output = check_config(write(tmp_path, APPS + "limits: {idle_timeout: 1800}\n"))
+    assert code == 0, output
+
+
+def test_china_cloud_sets_hosts_together(tmp_path):
+    config, _ = load_config(str(write(tmp_path, APPS + "cloud: china\n")))
+    assert (config.upstream.imap.host, config.upstream.imap.port) == ("partner.outlook.cn", 993)
+    assert (config.upstream.pop3.host, config.upstream.pop3.port) == ("partner.outlook.cn", 995)
+    assert (config.upstream.smtp.host, config.upstream.smtp.port) == ("smtp.partner.outlook.cn", 587)
+    assert config.cloud.login_host == "https://login.partner.microsoftonline.cn"
+    assert config.cloud.resource == "https://partner.outlook.cn/"
+    assert config.cloud.app_only_resource == "https://partner.outlook.cn/"
