@@ -219,6 +219,17 @@ class IdpControl:
     def reset_counts(self) -> None:
         self._call("reset_counts")
 
+    def token_requests(self, client_id: Optional[str] = None) -> List[Dict]:
+        """Token requests since the test began, oldest first: tenant, grant_type, client_id,
+        scope (as sent, space-separated) and at (epoch seconds). Only client_id's if given."""
+        return [r for r in self._call("token_requests")
+                if client_id is None or r["client_id"] == client_id]
+
+    def set_refresh_tokens(self, enabled: bool = True) -> None:
+        """enabled=False: delegated grants get no refresh token even with offline_access
+        (an app registration without offline_access, or a tenant policy that forbids it)."""
+        self._call("set_refresh_tokens", enabled=enabled)
+
     # ---------------------------------------------------------------- mailboxes
     def grant_mailbox_access(self, account: str, mailbox: str, send_as: bool = True) -> None:
         """Let ``account`` (or an app's client_id) open ``mailbox`` and send as it."""
@@ -230,7 +241,8 @@ class IdpControl:
 
     # ---------------------------------------------------------------- reset
     def reset_test_state(self) -> None:
-        """Forget faults, latency, counts, lifetime, device-flow and authorize knobs."""
+        """Forget faults, latency, counts, token requests, lifetime, device-flow, authorize
+        and refresh-token knobs."""
         self._call("reset_test_state")
 
     def reset(self) -> None:

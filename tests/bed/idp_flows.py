@@ -108,6 +108,8 @@ class IdpState:
             self.device_interval, self.device_expires_in = 5, 900
             self.authorize_account: Optional[str] = None
             self.authorize_error: Optional[dict] = None
+            self.token_requests: List[dict] = []   # what clients asked the token endpoint for
+            self.issue_refresh_tokens = True       # False: offline_access gets no refresh token
 
     def register_app(self, client_id=None, type="public", secret=None,
                      certificate=None, tenant=None, redirect_uris=None) -> dict:
@@ -329,6 +331,7 @@ class IdpState:
         grant = form.get("grant_type", "")
         self.count("token")
         self.count("token:" + grant)
+        self.record_token_request(tenant, form)
         self.delay("token")
         self._take_fault("token", grant)
         app = self._authenticate_client(tenant, form, auth_header)
@@ -344,6 +347,14 @@ class IdpState:
             return self._device(tenant, app, form)
         raise OAuthError("unsupported_grant_type", 70003,
                          "The app requested an unsupported grant type '%s'." % grant)
+
+    def record_token_request(self, tenant: str, form: dict) -> None:
+        """Keep grant, client and scope of each token request (no secrets), newest last."""
+        with self.lock:
+            self.token_requests.append({"tenant": tenant, "grant_type": form.get("grant_type", ""),
+                                        "client_id": form.get("client_id"),
+                                        "scope": form.get("scope"), "at": time.time()})
+            del self.token_requests[:-1000]
 
     def _app(self, tenant: str, client_id: Optional[str]) -> dict:
         with self.lock:
@@ -546,7 +557,9 @@ class IdpState:
         reply = {"token_type": "Bearer", "scope": " ".join(resource) or "openid profile",
                  "expires_in": lifetime, "ext_expires_in": lifetime, "access_token": token}
         tid, oid = tenant_id(tenant), object_id(account)
-        if "offline_access" in requested:
+        with self.lock:
+            issue_refresh = self.issue_refresh_tokens
+        if "offline_access" in requested and issue_refresh:
             refresh = "0.AQ" + secrets.token_urlsafe(300)
             with self.lock:
                 self.refresh[refresh] = {"account": account, "client_id": app["client_id"],

@@ -185,6 +185,9 @@ class Handler(BaseHTTPRequestHandler):
             "set_latency": lambda seconds, endpoint="token": state.latency.__setitem__(
                 endpoint, float(seconds)),
             "counts": lambda: dict(state.counts),
+            "token_requests": lambda: list(state.token_requests),
+            "set_refresh_tokens": lambda enabled=True: setattr_many(
+                state, issue_refresh_tokens=bool(enabled)),
             "reset_counts": state.counts.clear,
             "set_token_lifetime": lambda seconds: setattr_many(state, lifetime=int(seconds)),
             "set_token_size": lambda chars: setattr_many(state, token_size=int(chars)),
