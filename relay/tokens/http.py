@@ -7,6 +7,7 @@ With trust_env off we still honour HTTPS_PROXY/NO_PROXY ourselves, except for lo
 
 from __future__ import annotations
 
+import email.utils
 import ipaddress
 import time
 from typing import Optional, Tuple, Union
@@ -31,12 +32,35 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+RETRY_AFTER_MAX = 3600.0   # seconds; a longer Retry-After is taken as this
+
+
+def retry_after_seconds(response) -> Optional[float]:
+    """The wait a 429/503 asks for (RFC 9110 Retry-After: seconds or an HTTP date), else None."""
+    if response.status_code not in (429, 503):
+        return None
+    value = (response.headers.get("Retry-After") or "").strip()
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            seconds = email.utils.parsedate_to_datetime(value).timestamp() - time.time()
+        except (TypeError, ValueError):
+            return None
+    return max(0.0, min(RETRY_AFTER_MAX, seconds))
+
+
 class TimeoutSession(requests.Session):
     def __init__(self, timeout: Tuple[float, float], verify: Union[str, bool] = True):
         super().__init__()
         self.trust_env = False
         self.verify = verify
         self.timeout = timeout
+        # The Retry-After of the last answer. msal honours it only inside this process; the
+        # token service writes it into the shared record so that every worker waits.
+        self.retry_after: Optional[float] = None
 
     def request(self, method, url, **kwargs):
         if kwargs.get("timeout") is None:
@@ -54,6 +78,7 @@ class TimeoutSession(requests.Session):
             raise
         _log().debug("idp request", method=method, url=where, status=response.status_code,
                    ms=round((time.monotonic() - started) * 1000))
+        self.retry_after = retry_after_seconds(response)
         return response
 
 

@@ -238,6 +238,7 @@ class TokenService:
                 raise TokenUnavailable(f"waiting before retrying: {record.get('last_error')}", record.get("aadsts"))
             rts_before = self._refresh_tokens(entry)
             started = time.monotonic()
+            self.http.retry_after = None
             try:
                 result = self._call_msal(entry, app, scopes)
             except TokenStoreError as exc:
@@ -307,6 +308,8 @@ class TokenService:
         else:
             failures = int(record.get("failures") or 0) + 1
             delay = min(self.BACKOFF_MAX, self.BACKOFF_FIRST * 2 ** (failures - 1))
+            # The sign-in service's own Retry-After wins when it asks for longer.
+            delay = max(delay, self.http.retry_after or 0.0)
             record.update(state="error", failures=failures, backoff_until=now + delay)
             self._log.warning("token refresh failed", account=entry.label, app=app.name,
                               reason=error.reason, aadsts=error.aadsts, retry_in=delay)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import time
 
 import pytest
 
@@ -111,6 +112,28 @@ def test_transient_errors_keep_the_token(signed_in, idp, status, error, retry_af
     if not retry_after:
         assert service.access_token(ACCOUNT, "contoso", force_refresh=True) != token
         assert service.accounts()[0]["state"] == "ok"
+
+
+def test_retry_after_is_honoured_by_every_worker(signed_in, idp):
+    """msal remembers a 429's Retry-After only in its own process; the relay's other workers
+    (one per listener) must wait too, so the wait goes into the shared record."""
+    imap_worker, smtp_worker = TokenService(signed_in), TokenService(signed_in)
+    imap_worker.access_token(ACCOUNT, "contoso")
+    idp.fail_token_endpoint(status=429, error="temporarily_unavailable", retry_after=120,
+                            grant_type="refresh_token")
+    try:
+        with pytest.raises(TokenUnavailable):
+            imap_worker.access_token(ACCOUNT, "contoso", force_refresh=True)
+        calls = idp.counts()["token:refresh_token"]
+        row, = smtp_worker.accounts()
+        assert row["state"] == "error"
+        with pytest.raises(TokenUnavailable, match="waiting before retrying"):
+            smtp_worker.access_token(ACCOUNT, "contoso", force_refresh=True)
+        assert idp.counts()["token:refresh_token"] == calls      # the other worker did not ask
+        record = smtp_worker.store.read_record(NAME)
+        assert 100 < float(record["backoff_until"]) - time.time() <= 120   # not the 5 s of our own
+    finally:
+        idp.clear_faults()
 
 
 def test_unknown_app_and_store_problems(signed_in, idp):
