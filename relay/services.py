@@ -86,6 +86,10 @@ class MailboxSessions:
         return None
 
 
+class ShuttingDown(Exception):
+    """Thrown into a session that waits for its client before login when the worker stops."""
+
+
 class CapabilityCache:
     """The upstream's capabilities per protocol, learned at each contact."""
 
@@ -113,6 +117,9 @@ class Services:
         self.capabilities = CapabilityCache()
         self.sessions = MailboxSessions(config.limits.sessions_per_mailbox,
                                         os.path.join(config.runtime_dir, "sessions"))
+        # Greenlets of sessions waiting for their client's next command before login: at the
+        # end of a drain they are told to say goodbye rather than being cut off mid-air.
+        self.waiting_before_login: set = set()
 
     def swap_users(self, users: Users) -> None:
         self.authenticator.swap_users(users)

@@ -17,6 +17,7 @@ from relay.protocols import MACHINES
 from relay.protocols.base import (Close, Failure, Login, LoginResult, Pipe, Send, SessionContext, StartTLS,
                                   Trace)
 from relay.pipe import run_pipe
+from relay.services import ShuttingDown
 from relay.tokens import TokenNeedsSignIn, TokenUnavailable
 from relay.upstream.connection import UpstreamConnection, tune_socket
 from relay.upstream.errors import SmtpAuthDisabled, UpstreamError
@@ -88,7 +89,11 @@ class Session:
             if outcome is not None:
                 return outcome
             remaining = deadline - time.monotonic()
-            data = self._recv(remaining) if remaining > 0 else None
+            try:
+                data = self._recv_before_login(remaining) if remaining > 0 else None
+            except ShuttingDown:
+                self._perform(machine, machine.shutting_down())
+                return None
             if data is None:
                 self.log.info("preauth_timeout")
                 self._perform(machine, machine.timed_out())
@@ -97,6 +102,15 @@ class Session:
                 self._perform(machine, machine.connection_lost())
                 return None
             actions = machine.receive(data)
+
+    def _recv_before_login(self, timeout: float) -> Optional[bytes]:
+        waiting = self.services.waiting_before_login
+        me = gevent.getcurrent()
+        waiting.add(me)
+        try:
+            return self._recv(timeout)
+        finally:
+            waiting.discard(me)
 
     def _recv(self, timeout: float) -> Optional[bytes]:
         self.sock.settimeout(timeout)
@@ -115,7 +129,10 @@ class Session:
                 if not self._send(action.data):
                     return "client gone"
             elif isinstance(action, Trace):
-                journal.wire(self.log, "client>relay", action.line, redacted=True)
+                if action.line:
+                    journal.wire(self.log, "client>relay", action.line, redacted=True)
+                if action.refusal:
+                    self.log.warning("login_refused", reason=action.refusal)
             elif isinstance(action, StartTLS):
                 if not self._start_tls():
                     return "client TLS failed"

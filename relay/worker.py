@@ -100,9 +100,19 @@ class Worker:
         if len(self.pool):
             self.log.warning("sessions_cut", sessions=len(self.pool),
                              reason="fast stop" if self.mode == "fast" else f"drain_time {limit:g} s over")
+            self._say_goodbye_before_login()
             self.pool.kill(block=True, timeout=1.0)
         self.log.info("worker_stopped", mode=self.mode)
         return 0
+
+    def _say_goodbye_before_login(self) -> None:
+        """Clients that have not logged in get the protocol's 'shutting down' line, so that
+        they retry instead of reporting a broken connection."""
+        from relay.services import ShuttingDown
+        waiting = list(self.services.waiting_before_login)
+        for greenlet in waiting:
+            greenlet.kill(ShuttingDown, block=False)
+        gevent.joinall(waiting, timeout=0.5)
 
     # Talking to the master -----------------------------------------------------------------
 

@@ -56,9 +56,11 @@ class Close:
 
 @dataclass(frozen=True)
 class Trace:
-    """One client protocol line for the full-debug journal, already redacted."""
+    """One client protocol line for the full-debug journal, already redacted (none if empty).
+    With `refusal`: a login the machine refused by itself, journaled at warning."""
 
     line: str
+    refusal: str = ""
 
 
 Action = Union[Send, StartTLS, Login, Pipe, Close, Trace]

@@ -113,6 +113,9 @@ class ImapMachine(Machine):
     def _too_many_failures_line(self) -> str:
         return "* BYE Too many failed logins"
 
+    def _shutdown_line(self) -> str:
+        return "* BYE Server shutting down"
+
     def _reset_after_tls(self) -> None:
         self._command = None
         self._literal_size = None

@@ -150,6 +150,15 @@ class Machine:
         self._close("pre-login time limit reached")
         return self._flush()
 
+    def shutting_down(self) -> List[Action]:
+        """The relay stops while this client has not logged in: say so in the protocol's
+        words (a client may retry at once elsewhere) and close. Nothing once it is piped."""
+        if self._phase in (Phase.PIPED, Phase.CLOSED):
+            return []
+        self._send(self._shutdown_line())
+        self._close("relay shutting down")
+        return self._flush()
+
     def connection_lost(self) -> List[Action]:
         self._phase = Phase.CLOSED
         return []
@@ -213,6 +222,7 @@ class Machine:
             self._bad("%s%s" % (malformed, error))
             return
         if credentials.asks_for_other_identity:
+            self._actions.append(Trace("", refusal="asked to log in as another user (SASL authzid)"))
             self._send(other_identity)
             return
         self._request_login(credentials.authcid, credentials.password)
@@ -253,6 +263,9 @@ class Machine:
         raise NotImplementedError
 
     def _too_many_failures_line(self) -> str:
+        raise NotImplementedError
+
+    def _shutdown_line(self) -> str:
         raise NotImplementedError
 
     def _on_line(self, data: bytes) -> None:

@@ -77,6 +77,9 @@ class Pop3Machine(Machine):
     def _too_many_failures_line(self) -> str:
         return "-ERR [AUTH] Too many failed logins, closing."
 
+    def _shutdown_line(self) -> str:
+        return "-ERR [SYS/TEMP] Server shutting down, try again later."
+
     def _reset_after_tls(self) -> None:
         self._user = None  # RFC 2595: back to a fresh AUTHORIZATION state
         self._in_sasl = False

@@ -33,7 +33,7 @@ _MECHANISMS = (b"PLAIN", b"LOGIN")
 _TEMPORARY = "454 4.7.0 Temporary authentication failure: "
 _FAILURE_REPLIES = {
     Failure.BAD_CREDENTIALS: "535 5.7.8 Authentication credentials invalid",
-    Failure.NOT_PERMITTED: "535 5.7.8 Authentication credentials invalid",
+    Failure.NOT_PERMITTED: "535 5.7.8 This account is not allowed to use SMTP.",
     Failure.MAILBOX_REFUSED: "535 5.7.8 " + MAILBOX_REFUSED_TEXT,
     Failure.NEEDS_SIGNIN: "535 5.7.8 " + NEEDS_SIGNIN_TEXT,
     Failure.UNAVAILABLE: _TEMPORARY + UNAVAILABLE_TEXT,
@@ -81,6 +81,9 @@ class SmtpMachine(Machine):
 
     def _too_many_failures_line(self) -> str:
         return "421 4.7.0 %s Too many failed authentications, closing" % self.ctx.hostname
+
+    def _shutdown_line(self) -> str:
+        return "421 4.3.2 %s Service shutting down, try again later" % self.ctx.hostname
 
     def _reset_after_tls(self) -> None:
         self._greeted_with = None  # RFC 3207: the client must EHLO again

@@ -232,8 +232,9 @@ def test_wrong_password_and_missing_smtp_permission_get_535(relay, bed, sender):
             assert raw.command(b"EHLO legacy.example.test")[0] == 250
             wrong = base64.b64encode(b"\0" + sender.name.encode() + b"\0not the password")
             assert raw.command(b"AUTH PLAIN " + wrong) == (535, "535 5.7.8 Authentication credentials invalid")
+            # The password was right: say what is wrong, as IMAP and POP3 do.
             assert raw.command(b"AUTH PLAIN " + plain_response(imap_only)) == (
-                535, "535 5.7.8 Authentication credentials invalid")
+                535, "535 5.7.8 This account is not allowed to use SMTP.")
             assert raw.command(b"QUIT")[0] == 221
     journal = _journal_since(relay, mark)
     assert "wrong local password" in _session_lines(journal, sender)

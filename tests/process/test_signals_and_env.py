@@ -8,7 +8,7 @@ import subprocess
 import sys
 import time
 
-from tests.process.helpers import REPO, ImapClient, alive, wait_for
+from tests.process.helpers import REPO, ImapClient, alive, read_line, wait_for
 
 
 def relay_command(*args: str, env: dict, timeout: float = 30.0) -> subprocess.CompletedProcess:
@@ -30,7 +30,9 @@ def test_quit_stops_at_once_and_cuts_open_sessions(relay_factory):
         assert relay.wait_exit(10) == 0
         elapsed = time.monotonic() - started
         client.sock.settimeout(2)
-        assert client.sock.recv(100) == b""              # cut, not left to drain for 30 s
+        # Cut, not left to drain for 30 s; not logged in yet, so told why first.
+        assert read_line(client.sock) == b"* BYE Server shutting down\r\n"
+        assert client.sock.recv(100) == b""
     assert elapsed < 5                                   # FAST_STOP is 3 s; drain_time 30 s
     wait_for(lambda: not any(alive(pid) for pid in pids), 2, what="the workers to be gone")
     journal = relay.journal()

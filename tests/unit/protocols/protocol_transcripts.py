@@ -166,6 +166,7 @@ def _event(machine, name: str) -> List[Action]:
         "tls": machine.tls_started,
         "timeout": machine.timed_out,
         "lost": machine.connection_lost,
+        "shutdown": machine.shutting_down,
     }
     return events[name]()
 
