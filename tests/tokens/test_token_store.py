@@ -17,6 +17,7 @@ import pytest
 from relay.tokens import keyfile
 from relay.tokens.errors import TokenStoreError
 from relay.tokens.store import LockTimeout, TokenStore, account_key
+from tests.support import wait_for
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -109,15 +110,30 @@ WRITER = textwrap.dedent("""
 """)
 
 
+def _record_stamp(store, name):
+    try:
+        info = os.stat(store.record_path(name))
+    except FileNotFoundError:
+        return None
+    return info.st_ino, info.st_mtime_ns
+
+
 def test_kill_9_mid_write_leaves_a_readable_store(tmp_path):
     state = str(tmp_path / "state")
     store = TokenStore(state)
     seen = []
     for round_ in range(4):
+        before = _record_stamp(store, "user-w")
         child = subprocess.Popen([sys.executable, "-c", WRITER, state, ROOT], stdout=subprocess.PIPE)
         try:
             assert child.stdout.readline().strip() == b"ready"
-            time.sleep(0.15 + 0.05 * round_)
+            # Kill only once this writer has got going: its own record with n >= 1, so two whole
+            # rounds written (a fixed sleep lost that race when fsync was slow under load); then
+            # a varying pause, so the kill lands somewhere else in a write each round.
+            def wrote_twice(before=before):
+                return _record_stamp(store, "user-w") != before and store.read_record("user-w").get("n", 0) >= 1
+            wait_for(wrote_twice, 30, what="the writer to write twice", interval=0.005)
+            time.sleep(0.05 * round_)
         finally:
             child.send_signal(signal.SIGKILL)
             child.wait(10)
