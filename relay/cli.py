@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import getpass
 import os
+import select
+import signal
 import sys
 from typing import List, Optional
 
@@ -87,9 +89,9 @@ def _config_path(args) -> str:
     return args.config or default_config_path()
 
 
-def _load(args, with_users=True):
+def _load(args, with_users=True, check_files=False):
     try:
-        return load_config(_config_path(args), with_users=with_users)
+        return load_config(_config_path(args), with_users=with_users, check_files=check_files)
     except ConfigInvalid as exc:
         for error in exc.errors:
             print(error, file=sys.stderr)
@@ -97,11 +99,16 @@ def _load(args, with_users=True):
 
 
 def cmd_check_config(args) -> int:
-    config, users = _load(args)
+    # check_files: read the secrets, certificates and keys as this user, as serve would.
+    config, users = _load(args, check_files=True)
     if config is None:
         return EX_CONFIG
     print(f"{config.path}: OK ({len(config.listeners)} listeners, {len(config.apps)} apps, "
           f"{len(users.by_name)} users in {users.path})")
+    if not users.by_name:
+        # Fine on a fresh install; not what a running relay should have.
+        print(f"{users.path}: note: defines no users yet, so every login fails; add one with "
+              "`oauth-relay user add NAME --account ADDRESS`", file=sys.stderr)
     return 0
 
 
@@ -147,8 +154,12 @@ def _user_names(path: str) -> List[str]:
 def _user_problem(args, users: Users) -> Optional[str]:
     """What is wrong with the command before a password is asked for, if anything."""
     exists = args.name in users.by_name
-    if args.action == "add" and exists:
-        return f"user {args.name!r} already exists (use `oauth-relay user passwd`)"
+    if args.action == "add":
+        same = next((name for name in users.by_name if name.casefold() == args.name.casefold()), None)
+        if same == args.name:
+            return f"user {args.name!r} already exists (use `oauth-relay user passwd`)"
+        if same is not None:
+            return f"user {same!r} already exists, and user names match without regard to letter case"
     if args.action in ("passwd", "remove") and not exists:
         return f"no user {args.name!r} in {users.path}"
     return None
@@ -206,6 +217,9 @@ def cmd_login(args) -> int:
     config, _users = _load(args, with_users=False)
     if config is None:
         return EX_CONFIG
+    from relay import journal
+
+    journal.configure(config.journal.level)  # its events on stderr, at the configured level
     return login_command(config, args.account, app_name=args.app, flow=args.flow,
                          refresh_token_stdin=args.refresh_token_stdin, open_browser=not args.no_browser,
                          redirect_url_stdin=args.redirect_url_stdin)
@@ -241,9 +255,29 @@ COMMANDS = {"serve": cmd_serve, "check-config": cmd_check_config, "user": cmd_us
             "status": cmd_status, "reload": cmd_reload, "version": cmd_version}
 
 
+def _stdout_gone() -> bool:
+    """True when nobody reads our output any more (`oauth-relay status | head -1`)."""
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & select.POLLERR for _, events in poller.poll(0))
+    except (AttributeError, OSError, ValueError):
+        return False
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        return COMMANDS[args.command](args)
+        code = COMMANDS[args.command](args)
+        sys.stdout.flush()  # a reader that went away shows here, not as a traceback at exit
+        return code
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        if not _stdout_gone():
+            raise  # a socket, not our reader
+        # Stop quietly, as a command killed by SIGPIPE would; what is still buffered goes nowhere.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return 128 + signal.SIGPIPE

@@ -19,6 +19,7 @@ from relay.protocols.base import (Close, Failure, Login, LoginResult, Pipe, Send
 from relay.pipe import run_pipe
 from relay.services import ShuttingDown
 from relay.tokens import TokenNeedsSignIn, TokenUnavailable
+from relay.tokens.errors import TokenSetupError
 from relay.upstream.connection import UpstreamConnection, tune_socket
 from relay.upstream.errors import SmtpAuthDisabled, UpstreamError
 from relay.upstream.login import open_upstream
@@ -170,6 +171,8 @@ class Session:
         protocol = self.listener.protocol
         self.log = self.log.bind(user=name)
         user, failure, reason = self.services.authenticator.check(name, password, protocol, self.ip)
+        if user is not None and user.name != name:
+            self.log = self.log.bind(user=user.name)   # the user's own name, not the case typed
         if failure is not None:
             self.log.warning("login_refused", reason=reason)
             if failure is Failure.BAD_CREDENTIALS:
@@ -193,10 +196,15 @@ class Session:
         try:
             self.upstream, capabilities = open_upstream(protocol, self.config, user, self.services.tokens,
                                                         self.services.upstream_tls, self.log)
+        except TokenSetupError as exc:
+            # Retried once the admin fixes the files; the reason names server paths, so the
+            # client only hears that the relay is at fault, in try-again-later terms.
+            self.log.warning("login_relay_setup", account=user.account, reason=exc.reason, fix=exc.command)
+            return LoginResult(ok=False, failure=Failure.RELAY_SETUP)
         except TokenNeedsSignIn as exc:
             self.log.warning("login_needs_signin", account=user.account, reason=exc.reason,
                              aadsts=exc.aadsts, fix=exc.command)
-            return LoginResult(ok=False, failure=Failure.NEEDS_SIGNIN, text=f"({exc.reason})")
+            return LoginResult(ok=False, failure=Failure.NEEDS_SIGNIN, text=f"({exc.client_text})")
         except TokenUnavailable as exc:
             self.log.warning("login_unavailable", account=user.account, reason=exc.reason, aadsts=exc.aadsts)
             return LoginResult(ok=False, failure=Failure.UNAVAILABLE)

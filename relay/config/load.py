@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+import ssl
 from typing import Dict, List, Optional, Tuple
 
 from relay.config import clouds
@@ -50,11 +51,21 @@ def read_document(path: str):
     return parse(text, path)
 
 
-def load_config(path: str, with_users: bool = True) -> Tuple[Config, Optional[Users]]:
-    """Load relay.yaml (and its users file); errors in both files are reported together."""
+def load_config(path: str, with_users: bool = True, check_files: bool = False,
+                running: Optional[Config] = None) -> Tuple[Config, Optional[Users]]:
+    """Load relay.yaml (and its users file); errors in both files are reported together.
+
+    check_files: also read the files the settings name (app credentials, the TLS certificate
+    and key), as this process, so a file the relay cannot use is an error now and not at the
+    first login. running: the configuration the relay serves; settings a reload cannot change
+    are errors."""
     reader = Reader(read_document(path))
     base = os.path.dirname(os.path.abspath(path))
     config = _build_config(reader, os.path.abspath(path), base)
+    if config is not None and check_files:
+        _check_files(reader, config)
+    if config is not None and running is not None:
+        _check_restart_only(reader, config, running)
     errors = list(reader.errors)
     users = None
     if with_users and config is not None:
@@ -134,6 +145,9 @@ def _upstream(r: Reader, base: str, cloud_name: str) -> UpstreamConfig:
         **endpoints)
 
 
+# Entra ID's Application (client) ID: a GUID. A name or the secret's id there only fails later,
+# at the first sign-in, as AADSTS700016 ("application not found in the directory").
+GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 APP_KEYS = ("client_id", "tenant", "type", "flow", "client_secret_file", "certificate_file",
             "authority", "redirect_port")
 
@@ -162,6 +176,10 @@ def _apps(r: Reader, base: str, cloud_name: str) -> Dict[str, AppConfig]:
 
 
 def _check_app(r: Reader, where, app: AppConfig, app_type: Optional[str]) -> None:
+    if app.client_id and not GUID.match(app.client_id):
+        r.error(where + ("client_id",), "must be the app's Application (client) ID, a GUID like "
+                                        "11111111-2222-3333-4444-555555555555 (Entra admin center: App "
+                                        f"registrations, the app, Overview); got {app.client_id!r}")
     # Mixing up public and confidential apps is the classic AADSTS700025 / AADSTS7000218.
     has_credential = app.client_secret_file or app.certificate_file
     if app_type == "public" and has_credential:
@@ -174,6 +192,115 @@ def _check_app(r: Reader, where, app: AppConfig, app_type: Optional[str]) -> Non
         r.error(where + ("certificate_file",), "give either client_secret_file or certificate_file, not both")
     if app_type and app.flow not in APP_FLOWS[app_type]:
         r.error(where + ("flow",), f"flow {app.flow} needs a confidential app (client secret or certificate)")
+
+
+def _check_files(r: Reader, config: Config) -> None:
+    for name, app in config.apps.items():
+        for setting in ("client_secret_file", "certificate_file"):
+            if getattr(app, setting):
+                _check_credential(r, ("apps", name, setting), getattr(app, setting))
+    _check_tls(r, config)
+
+
+def _readable(r: Reader, where, path: str) -> bool:
+    # Reading, not stat or access(): check-config runs as the service user in ExecStartPre,
+    # and what this process can read is what the relay will be able to read.
+    try:
+        with open(path, "rb") as handle:
+            handle.read(1)
+        return True
+    except OSError as exc:
+        r.error(where, f"cannot read {path}: {exc.strerror}")
+        return False
+
+
+def _check_credential(r: Reader, where, path: str) -> None:
+    """What the first sign-in with this secret or certificate would find wrong."""
+    if not _readable(r, where, path):
+        return
+    # Imported here: only a confidential app needs msal (and relay.tokens imports relay.config).
+    from relay.tokens import apps, keyfile
+    from relay.tokens.errors import TokenStoreError
+
+    what = "client secret file" if where[-1] == "client_secret_file" else "certificate file"
+    try:
+        # The token code's own rule: its group may read it (root:oauth-relay 0640), others not.
+        keyfile.check_private(path, what, allow_group=True)
+        if where[-1] == "client_secret_file":
+            with open(path, "rb") as handle:
+                if not handle.read(1 << 20).decode("utf-8").strip():
+                    r.error(where, f"{what} {path} is empty")
+        else:
+            apps.certificate_credential(path)
+    except TokenStoreError as exc:
+        r.error(where, str(exc))
+    except UnicodeDecodeError:
+        r.error(where, f"{what} {path} is not UTF-8 text")
+    except OSError as exc:
+        r.error(where, f"cannot read {path}: {exc.strerror}")
+
+
+def _check_tls(r: Reader, config: Config) -> None:
+    if config.tls.auto:
+        # Made on the first start, so a missing one is fine; one already made must still load.
+        directory = os.path.join(config.state_dir, "tls")
+        cert, key = os.path.join(directory, "relay.crt"), os.path.join(directory, "relay.key")
+        if os.path.exists(cert) and os.path.exists(key):
+            problem = _tls_problem(cert, key)
+            if problem:
+                r.error(("tls",), f"the automatic certificate cannot be used: {problem[1]} "
+                                  f"(remove {cert} and {key} to have new ones made)")
+        return
+    cert, key = config.tls.certificate, config.tls.key
+    readable = [_readable(r, ("tls", which), path) for which, path in (("certificate", cert), ("key", key)) if path]
+    if cert and key and all(readable):
+        problem = _tls_problem(cert, key)
+        if problem:
+            r.error(("tls", problem[0]), problem[1])
+
+
+def _tls_problem(cert: str, key: str) -> Optional[Tuple[str, str]]:
+    """(setting, message) if the listeners could not load this certificate and key."""
+    asked = []
+
+    def no_passphrase():
+        asked.append(True)      # never prompt: the relay has no one to type a passphrase
+        return b""
+
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(cert, key, password=no_passphrase)
+        return None
+    except OSError as exc:      # ssl.SSLError is an OSError too
+        failure = exc
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cafile=cert)
+    except (OSError, ValueError):
+        return "certificate", f"{cert} holds no PEM certificate"
+    if asked:
+        return "key", (f"{key} is protected by a passphrase; the relay needs the key without one "
+                       f"(openssl pkey -in {key} -out NEW.key)")
+    if "KEY_VALUES_MISMATCH" in str(failure):
+        return "key", f"{key} is not the private key of the certificate {cert}"
+    detail = f" ({failure.reason})" if getattr(failure, "reason", None) else ""
+    return "key", f"{key} holds no PEM private key that the relay can use{detail}"
+
+
+RESTART_ONLY = {
+    "state_dir": "the token store, its key and the `tls: auto` certificate are in {old}; move them to "
+                 "{new} first, or every signed-in account must sign in again",
+    "runtime_dir": "the running relay's pid and status files are in {old}",
+}
+
+
+def _check_restart_only(r: Reader, config: Config, running: Config) -> None:
+    """A reload to a new state_dir would serve an empty token store with a new key: every
+    signed-in account would look lost. These settings change with a restart only."""
+    for setting, why in RESTART_ONLY.items():
+        old, new = getattr(running, setting), getattr(config, setting)
+        if old != new:
+            r.error((setting,), f"changed from {old} to {new}: this needs a restart, not a reload "
+                                f"({why.format(old=old, new=new)}): systemctl restart oauth-relay, "
+                                f"or set it back to {old}")
 
 
 LISTENER_KEYS = ("protocol", "listen", "security", "workers")
@@ -296,11 +423,16 @@ def load_users(path: str, apps: Dict[str, AppConfig]) -> Users:
     if not isinstance(data, dict):
         r.error((), "the users file must map local user names to their settings")
         r.raise_if_errors()
-    users = {}
+    users, folded = {}, {}
     for name in data:
         user = _user(r, name, apps)
-        if user is not None:
+        if isinstance(name, str) and name.casefold() in folded:
+            r.error((name,), f"the same name as {folded[name.casefold()]!r} but for letter case; "
+                             "logins match names without regard to case", at_key=True)
+        elif user is not None:
             users[name] = user
+        if isinstance(name, str):
+            folded.setdefault(name.casefold(), name)
     r.raise_if_errors()
     return Users(path=path, by_name=users)
 

@@ -146,11 +146,19 @@ class User:
 
 @dataclass(frozen=True)
 class Users:
+    """Local users by name. Names match without regard to letter case, as mail logins do:
+    an old program that sends 'Scanner' finds the user 'scanner' (load_users refuses two
+    names that differ only in case)."""
+
     path: str
     by_name: Dict[str, User] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        folded = {name.casefold(): user for name, user in self.by_name.items()}
+        object.__setattr__(self, "_by_folded_name", folded)
+
     def get(self, name: str) -> Optional[User]:
-        return self.by_name.get(name)
+        return self.by_name.get(name) or self._by_folded_name.get(name.casefold())
 
 
 @dataclass(frozen=True)

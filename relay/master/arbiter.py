@@ -259,7 +259,7 @@ class Arbiter:
         self.log.info("reload_started", generation=self.numbers + 1, config=self.config_path)
         sdnotify.reloading(f"reloading generation {self.numbers + 1}")
         try:
-            config, users = validate.whole_config(self.config_path)
+            config, users = validate.whole_config(self.config_path, running=self.current.config)
             sockets = bind_all(config.listeners, self.current.sockets)
         except (validate.Refused, BindError) as exc:
             self._refuse(getattr(exc, "errors", None) or [str(exc)])
@@ -305,6 +305,8 @@ class Arbiter:
                 state.write_pid(config.runtime_dir)
                 state.remove_pid(old.config.runtime_dir)
         self._watch(config.users_file)
+        if old is not None and old.users.by_name and not generation.users.by_name:
+            self._no_users_left(generation.users, len(old.users.by_name))
         self.log.info("serving", generation=generation.number, workers=len(generation.slots),
                       listeners=" ".join(listener.name for listener in config.listeners))
         if old is None:
@@ -345,10 +347,21 @@ class Arbiter:
             self.log.error("users_refused", path=generation.config.users_file,
                            reason="keeping the last good users", users=len(generation.users.by_name))
             return
+        before = len(generation.users.by_name)
         generation.users, self.users_errors = users, []
         for worker in self._workers():
             worker.send("users", users)
-        self.log.info("users_reloaded", path=users.path, users=len(users.by_name))
+        if before and not users.by_name:
+            self._no_users_left(users, before)
+        else:
+            self.log.info("users_reloaded", path=users.path, users=len(users.by_name))
+
+    def _no_users_left(self, users, before: int) -> None:
+        # Legitimate on a fresh install, but going from some users to none is how an emptied
+        # or truncated users.yaml looks: every login now fails.
+        self.log.warning("users_reloaded", path=users.path, users=0, before=before,
+                         hint="the users file defines no users now, so every login fails; "
+                              "restore it or add users with `oauth-relay user add`")
 
     # Stop ----------------------------------------------------------------------------------
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import ssl
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
 from relay.config import ConfigInvalid, load_config, load_users
 from relay.config.models import Config, Users
@@ -20,10 +20,14 @@ class Refused(Exception):
         super().__init__("\n".join(errors))
 
 
-def whole_config(path: str) -> Tuple[Config, Users]:
-    """relay.yaml and its users file, all or nothing; errors read FILE:LINE:COL: path: message."""
+def whole_config(path: str, running: Optional[Config] = None) -> Tuple[Config, Users]:
+    """relay.yaml and its users file, all or nothing; errors read FILE:LINE:COL: path: message.
+
+    The files the settings name are read here, as the relay's own user, as check-config
+    reads them. With `running` (a reload), settings only a restart may change are refused
+    before anything below makes directories, keys or certificates for the new values."""
     try:
-        config, users = load_config(path)
+        config, users = load_config(path, check_files=True, running=running)
     except ConfigInvalid as exc:
         raise Refused([str(error) for error in exc.errors]) from None
     try:

@@ -72,6 +72,7 @@ class Failure(enum.Enum):
     MAILBOX_REFUSED = "mailbox_refused"  # Office 365 refused the account that mailbox
     NEEDS_SIGNIN = "needs_signin"  # admin must run `oauth-relay login`
     UNAVAILABLE = "unavailable"  # identity provider or upstream down/throttled
+    RELAY_SETUP = "relay_setup"  # the relay's own config for the account is broken (retried)
     TOO_MANY_SESSIONS = "too_many_sessions"  # per-mailbox cap reached
     SMTP_AUTH_DISABLED = "smtp_auth_disabled"  # Office 365 535 5.7.139
     IN_USE = "in_use"  # POP3 mailbox locked upstream

@@ -35,6 +35,8 @@ NEEDS_SIGNIN_TEXT = (
 )
 SMTP_AUTH_DISABLED_TEXT = "SMTP AUTH is disabled for this mailbox or tenant in Office 365."
 UNAVAILABLE_TEXT = "Office 365 is unavailable right now; try again later."
+RELAY_SETUP_TEXT = ("The relay's configuration for this account has a problem; the administrator must"
+                    " look at the relay's journal.")
 TOO_MANY_SESSIONS_TEXT = "Too many open sessions for this mailbox; try again later."
 IN_USE_TEXT = "The mailbox is in use by another session; try again later."
 MAILBOX_REFUSED_TEXT = "Office 365 refused this account access to the mailbox."

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import re
-from typing import List, Union
+from typing import List, Optional, Union
 
 import msal
 from cryptography import x509
@@ -74,6 +75,39 @@ def client_credential(app: AppConfig) -> Union[str, dict, None]:
     if app.certificate_file:
         return certificate_credential(app.certificate_file)
     return None
+
+
+def _file_version(path: str) -> Optional[str]:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}"  # ctime: chmod too
+
+
+def _thumbprint(path: str) -> Optional[str]:
+    try:
+        with open(path, "rb") as handle:
+            found = _PEM_CERT.search(handle.read(1 << 20))
+        cert = x509.load_pem_x509_certificate(found.group(0)) if found else None
+    except (OSError, ValueError, TypeError):
+        return None
+    return cert.fingerprint(hashes.SHA1()).hex().upper() if cert else None
+
+
+def settings_fingerprint(config: Config, app: AppConfig) -> dict:
+    """The app settings a recorded failure was met with, and never a secret: which app, where
+    it signs in, how, and which credential file (in which version) it presented. A failure
+    recorded under other settings says nothing about these ones."""
+    fingerprint = {"client_id": app.client_id, "tenant": app.tenant, "authority": authority_for(config, app),
+                   "type": app.type, "flow": app.flow, "client_secret_file": app.client_secret_file,
+                   "certificate_file": app.certificate_file}
+    if app.confidential and (app.client_secret_file or app.certificate_file):
+        # Rewritten in place (a rotated secret, a fixed permission), the file is another credential.
+        fingerprint["credential_file"] = _file_version(app.client_secret_file or app.certificate_file)
+    if app.confidential and app.certificate_file and not app.client_secret_file:
+        fingerprint["certificate_thumbprint"] = _thumbprint(app.certificate_file)
+    return fingerprint
 
 
 class ConfidentialApp(msal.ConfidentialClientApplication):

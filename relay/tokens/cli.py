@@ -13,7 +13,7 @@ from typing import List, Optional, TextIO
 from relay import activity
 from relay.config.models import FLOWS, Config, Users
 from relay.tokens.errors import TokenNeedsSignIn, TokenStoreError, TokenUnavailable
-from relay.tokens.records import NEEDS_SIGN_IN, describe, login_command_for
+from relay.tokens.records import NEEDS_SIGN_IN, NOT_CONFIGURED, describe, login_command_for
 from relay.tokens.service import TokenService
 from relay.tokens.signin import SignInError, sign_in
 from relay.tokens.store import TokenStore
@@ -97,8 +97,8 @@ def login_command(config: Config, account: str, app_name: Optional[str] = None, 
 
 
 def _missing_rows(config: Config, users: Optional[Users], rows: List[dict]) -> List[dict]:
-    """Accounts that users name but that have no tokens yet."""
-    have = {(r["kind"], r["name"]) for r in rows}
+    """Accounts that users name but that have no tokens yet (through a configured app)."""
+    have = {(r["kind"], r["name"]) for r in rows if r["state"] != NOT_CONFIGURED}
     extra, seen = [], set()
     for user in (users.by_name.values() if users else ()):
         app = config.apps.get(user.app)
@@ -111,7 +111,7 @@ def _missing_rows(config: Config, users: Optional[Users], rows: List[dict]) -> L
         seen.add(key)
         extra.append({
             "name": key[1], "kind": key[0], "account": None if app_only else key[1], "app": app.name,
-            "flow": app.flow, "first_obtained": None, "access_token_expires": None,
+            "flow": app.flow, "configured": True, "first_obtained": None, "access_token_expires": None,
             "refresh_token_rotated": None, "last_refresh": None,
             "state": "ok" if app_only else NEEDS_SIGN_IN,
             "last_error": "fetched on first use" if app_only else "no sign-in yet", "aadsts": None,
@@ -136,7 +136,8 @@ def status_command(config: Config, users: Optional[Users], as_json: bool = False
         user = users.by_name[name]
         local.append({"user": name, "account": user.account, "app": user.app,
                       "protocols": list(user.protocols), "last_login": logins.get(name, {})})
-    healthy = all(row["state"] in ("ok", "refreshing") for row in rows)
+    # A record left over from an app no longer in relay.yaml needs no attention: nothing uses it.
+    healthy = all(row["state"] in ("ok", "refreshing", NOT_CONFIGURED) for row in rows)
     if as_json:
         json.dump({"accounts": rows, "users": local}, out, indent=2)
         out.write("\n")
@@ -155,7 +156,10 @@ def status_command(config: Config, users: Optional[Users], as_json: bool = False
             if row["last_error"] and row["state"] != "refreshing":
                 code = f" (AADSTS{row['aadsts']})" if row["aadsts"] else ""
                 out.write(f"    {row['last_error']}{code}\n")
-            if row["command"]:
+            if row["state"] == NOT_CONFIGURED:
+                unused = "if no user needs it any more, " if row["kind"] == "account" else ""
+                out.write(f"    {unused}remove it with: {row['command']}\n")
+            elif row["command"]:
                 out.write(f"    fix: {row['command']}\n")
     else:
         out.write("No accounts signed in yet. Sign one in with: oauth-relay login ACCOUNT\n")

@@ -24,6 +24,11 @@ class TokenError(Exception):
         code = f" (AADSTS{self.aadsts})" if self.aadsts else ""
         return f"{self.reason}{code}"
 
+    @property
+    def client_text(self) -> str:
+        """What the legacy program may be told (the journal gets the reason and the fix)."""
+        return self.reason
+
 
 class TokenNeedsSignIn(TokenError):
     """Only a person can fix this: sign in again (after fixing the setup, if told so)."""
@@ -33,8 +38,26 @@ class TokenNeedsSignIn(TokenError):
         self.command = command
 
     def __str__(self) -> str:
-        fix = f"; run: {self.command}" if self.command else ""
-        return super().__str__() + fix
+        if not self.command:
+            return super().__str__()
+        # A command is run; a fix in words ("check the client secret ..., then run: ...") is read.
+        is_command = self.command.startswith("oauth-relay ") or " " not in self.command
+        fix = "run: " + self.command if is_command else self.command
+        return f"{super().__str__()}; {fix}"
+
+
+class TokenSetupError(TokenNeedsSignIn):
+    """The relay's own setup is broken: a client secret or certificate file it cannot read, a
+    token file it cannot decrypt. An admin must act, but no sign-in is recorded as needed: a
+    refresh that failed so is retried (with the normal backoff), so fixing the file is enough.
+    The reason names server paths, so the legacy program is told only that there is a problem."""
+
+    CLIENT_TEXT = ("The relay's configuration for this account has a problem; the administrator "
+                   "must look at the relay's journal.")
+
+    @property
+    def client_text(self) -> str:
+        return self.CLIENT_TEXT
 
 
 class TokenUnavailable(TokenError):

@@ -20,11 +20,11 @@ import msal
 from relay import journal
 from relay.config.models import AppConfig, Config
 from relay.tokens import apps as msal_apps
-from relay.tokens.errors import (TokenError, TokenNeedsSignIn, TokenStoreError, TokenUnavailable,
-                                 from_exception, from_result)
+from relay.tokens.errors import (TokenError, TokenNeedsSignIn, TokenSetupError, TokenStoreError,
+                                 TokenUnavailable, from_exception, from_result)
 from relay.tokens.http import make_http_client
 from relay.tokens.notify import Notifier
-from relay.tokens.records import NEEDS_SIGN_IN, describe, login_command_for
+from relay.tokens.records import NEEDS_SIGN_IN, app_fix, describe, fix_for, login_command_for
 from relay.tokens.store import TokenStore, account_key, app_key
 
 MIN_LEFT = 360.0      # msal itself treats a token with under 300 s left as expired
@@ -73,6 +73,7 @@ class TokenService:
         self.notify = Notifier(config.tokens.notify)
         self._entries: Dict[str, _Entry] = {}
         self._entries_lock = threading.Lock()
+        self.started = time.time()   # a start or reload: see _still_applies
 
     @property
     def _log(self):
@@ -94,18 +95,19 @@ class TokenService:
             reuse = lambda found, record: usable(found, time.time()) and found["secret"] != refused
             return self._refresh(entry, app, account, scopes, reuse, "forced" if force_refresh else "expiring")
         except TokenStoreError as exc:
-            raise TokenNeedsSignIn(f"the stored sign-in cannot be used: {exc}", None,
-                                   login_command_for(self.config, account, app.name))
+            fix = ("remove the damaged token file; the relay then fetches a new app-only token"
+                   if entry.kind == "app" else login_command_for(self.config, account, app.name))
+            raise TokenSetupError(f"the stored sign-in cannot be used: {exc}", None, fix)
 
     def refresh_due(self) -> None:
         """Refresh what expires within refresh_ahead or was not refreshed for refresh_every."""
         for name in self.store.names():
             record = self.store.read_record(name)
             app = self.config.apps.get(record.get("app", ""))
-            if not app or record.get("state") == NEEDS_SIGN_IN or "kind" not in record:
+            if not app or "kind" not in record:
                 continue
-            if float(record.get("backoff_until") or 0) > time.time():
-                continue  # a failure was logged already; retry when the wait is over
+            if self._waiting(record) and self._still_applies(record["kind"], app, record):
+                continue  # logged already; retry when the wait is over (or the app's settings change)
             label = record.get("account") if record["kind"] == "account" else app.name
             entry = self._entry(name, record["kind"], label)
             scopes = msal_apps.scopes_for(self.config, app, "client_credentials" if entry.kind == "app" else "")
@@ -217,9 +219,25 @@ class TokenService:
             entry.apps[app] = msal_apps.build_app(self.config, app, entry.cache, self.http)
         return entry.apps[app]
 
+    @staticmethod
+    def _waiting(record: dict) -> bool:
+        """A recorded failure that holds off the next attempt: needs sign-in, or a backoff."""
+        return record.get("state") == NEEDS_SIGN_IN or float(record.get("backoff_until") or 0) > time.time()
+
+    def _still_applies(self, kind: str, app: AppConfig, record: dict) -> bool:
+        """A recorded failure is honoured only for the app settings it was met with: after the
+        admin changed them (client_id, tenant, credential file, ... or rewrote that file), or for
+        a record older than this fingerprint, the next use tries again. An app-only app's
+        needs-sign-in is also tried once more by every start or reload of the relay: its fix is
+        made in relay.yaml, the credential file or the app registration, never by a sign-in."""
+        if record.get("fingerprint") != msal_apps.settings_fingerprint(self.config, app):
+            return False
+        return not (kind == "app" and record.get("state") == NEEDS_SIGN_IN
+                    and float(record.get("last_error_at") or 0) < self.started)
+
     def _refresh(self, entry: _Entry, app: AppConfig, account: str, scopes: List[str],
                  reuse: Callable[[Optional[dict], dict], bool], why: str) -> str:
-        command = login_command_for(self.config, account, app.name)
+        command = fix_for(self.config, entry.kind, account, app.name)  # app-only: never a login
         if entry.kind == "account" and self.store.generation(entry.name) is None:
             raise TokenNeedsSignIn("no sign-in yet", None, command)
         with self.store.lock(entry.name, self.lock_timeout):
@@ -232,17 +250,21 @@ class TokenService:
                     return at["secret"]
             if entry.kind == "account" and entry.generation is None:
                 raise TokenNeedsSignIn("no sign-in yet", None, command)
-            if record.get("state") == NEEDS_SIGN_IN:
-                raise TokenNeedsSignIn(record.get("last_error") or "sign-in needed", record.get("aadsts"), command)
-            if float(record.get("backoff_until") or 0) > time.time():
-                raise TokenUnavailable(f"waiting before retrying: {record.get('last_error')}", record.get("aadsts"))
+            if self._waiting(record) and self._still_applies(entry.kind, app, record):
+                if record.get("state") == NEEDS_SIGN_IN:
+                    raise TokenNeedsSignIn(record.get("last_error") or "sign-in needed", record.get("aadsts"),
+                                           command)
+                waiting = f"waiting before retrying: {record.get('last_error')}"
+                if record.get("setup_problem"):
+                    raise TokenSetupError(waiting, record.get("aadsts"), app_fix(app.name))
+                raise TokenUnavailable(waiting, record.get("aadsts"))
             rts_before = self._refresh_tokens(entry)
             started = time.monotonic()
             self.http.retry_after = None
             try:
                 result = self._call_msal(entry, app, scopes)
-            except TokenStoreError as exc:
-                error: TokenError = TokenNeedsSignIn(f"setup problem: {exc}", None, command)
+            except TokenStoreError as exc:  # the app's secret or certificate file: not a sign-in matter
+                error: TokenError = TokenSetupError(f"setup problem: {exc}", None, app_fix(app.name))
                 result = None
             except Exception as exc:  # network, timeouts, 5xx (MsalServiceError), bad JSON
                 error, result = from_exception(exc), None
@@ -251,6 +273,9 @@ class TokenService:
                     raise TokenNeedsSignIn(f"no sign-in through app {app.name} yet", None, command)
                 error = from_result(result, command) if "error" in result else None
             if error is not None:
+                if isinstance(error, TokenNeedsSignIn):
+                    with entry.lock:  # built afresh next time: a rewritten secret file is read again
+                        entry.apps.pop(app, None)
                 self._reload(entry)
                 self._mark_failed(entry, app, record, error)
                 raise error
@@ -293,28 +318,38 @@ class TokenService:
 
     def _mark_ok(self, entry: _Entry, record: dict, before: Optional[str]) -> None:
         record.update(state="ok", last_error=None, aadsts=None, failures=0, backoff_until=0)
+        record.pop("setup_problem", None)
+        record.pop("fingerprint", None)
         self.store.write_record(entry.name, record)
         if before == NEEDS_SIGN_IN:
             self.notify(entry.label, "ok", "signed in again")
 
     def _mark_failed(self, entry: _Entry, app: AppConfig, record: dict, error: TokenError) -> None:
         before, now = record.get("state"), time.time()
+        setup = isinstance(error, TokenSetupError)
+        needs_sign_in = isinstance(error, TokenNeedsSignIn) and not setup
         record.update(self._identity(entry, app, record.get("flow") or app.flow),
-                      last_error=error.reason, aadsts=error.aadsts, last_error_at=now)
-        if isinstance(error, TokenNeedsSignIn):
+                      last_error=error.reason, aadsts=error.aadsts, last_error_at=now, setup_problem=setup,
+                      fingerprint=msal_apps.settings_fingerprint(self.config, app))
+        if needs_sign_in:
             record.update(state=NEEDS_SIGN_IN, failures=0, backoff_until=0)
-            self._log.error("account needs sign-in", account=entry.label, app=app.name,
-                            reason=error.reason, aadsts=error.aadsts, command=error.command)
+            self._log.error("app needs attention" if entry.kind == "app" else "account needs sign-in",
+                            account=entry.label, app=app.name, reason=error.reason, aadsts=error.aadsts,
+                            command=error.command)
         else:
             failures = int(record.get("failures") or 0) + 1
             delay = min(self.BACKOFF_MAX, self.BACKOFF_FIRST * 2 ** (failures - 1))
             # The sign-in service's own Retry-After wins when it asks for longer.
             delay = max(delay, self.http.retry_after or 0.0)
             record.update(state="error", failures=failures, backoff_until=now + delay)
-            self._log.warning("token refresh failed", account=entry.label, app=app.name,
-                              reason=error.reason, aadsts=error.aadsts, retry_in=delay)
+            if setup:
+                self._log.error("token setup problem", account=entry.label, app=app.name,
+                                reason=error.reason, fix=error.command, retry_in=delay)
+            else:
+                self._log.warning("token refresh failed", account=entry.label, app=app.name,
+                                  reason=error.reason, aadsts=error.aadsts, retry_in=delay)
         self.store.write_record(entry.name, record)
-        if isinstance(error, TokenNeedsSignIn) and before != NEEDS_SIGN_IN:
+        if needs_sign_in and before != NEEDS_SIGN_IN:
             self.notify(entry.label, "needs-sign-in", error.reason)
 
 

@@ -124,7 +124,8 @@ def sign_in(service: TokenService, account: str, app: AppConfig, flow: str, out:
     cache = msal.SerializableTokenCache()
     delegated = flow != "client_credentials"
     scopes = msal_apps.scopes_for(config, app, flow)
-    _log().info("sign-in started", account=account, app=app.name, flow=flow)
+    how = "refresh_token" if refresh_token is not None else flow  # an import runs no flow of the app's
+    _log().info("sign-in started", account=account, app=app.name, flow=how)
     try:
         application = msal_apps.build_app(config, app, cache, service.http)
         if refresh_token is not None:
@@ -143,7 +144,6 @@ def sign_in(service: TokenService, account: str, app: AppConfig, flow: str, out:
         raise from_result(result or {"error": "no_answer"}, None)
     if delegated:
         _check_delegated(result, cache, account)
-    service.store_sign_in(account, app, "refresh_token" if refresh_token is not None else flow,
-                          cache, result)
-    _log().info("sign-in stored", account=account, app=app.name, flow=flow)
+    service.store_sign_in(account, app, how, cache, result)
+    _log().info("sign-in stored", account=account, app=app.name, flow=how)
     return result

@@ -149,3 +149,74 @@ def test_user_mapped_to_a_mailbox_the_app_may_not_open(app_relay, bed, not_grant
     bed.idp.grant_mailbox_access(app_relay.app_id, not_granted.account)
     assert imap_login(app_relay, bed, not_granted.name, not_granted.password).startswith(b"a1 OK")
     bed.idp.revoke_mailbox_access(app_relay.app_id, not_granted.account)
+
+
+# A setup problem of the relay's own (here: the app's secret file gone) is the admin's to fix,
+# never a sign-in; the program is told so without the server's paths, as a temporary failure
+# (it is retried once fixed), the journal and status say what to fix, and once it is fixed the
+# next login works.
+SETUP_PROBLEM = ("The relay's configuration for this account has a problem; the administrator must look at "
+                 "the relay's journal.")
+APP_FIX = (f"check the client secret or certificate of app {APP} (client_secret_file or certificate_file "
+           "in relay.yaml, and the app registration in Entra ID), then run: oauth-relay reload")
+
+
+def reload(relay) -> None:
+    result = relay.cli("reload", "--wait")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def break_secret_file(relay, bed, secret_file, moved) -> None:
+    """The file goes away after a reload: the new workers have not read it yet, and the token
+    they have is expired at the identity provider, so the next login must read the file."""
+    reload(relay)
+    os.rename(secret_file, moved)
+    bed.idp.expire_access_tokens(relay.app_id)
+
+
+def assert_setup_problem_refused(relay, bed, user) -> None:
+    reply = imap_login(relay, bed, user.name, user.password)
+    assert reply.rstrip(b"\r\n") == b"a1 NO [UNAVAILABLE] " + SETUP_PROBLEM.encode(), reply
+    assert smtp_auth(relay, bed, user.name, user.password) == (
+        454, "454 4.7.0 Temporary authentication failure: " + SETUP_PROBLEM)
+
+
+def test_unreadable_client_secret_is_a_setup_problem_retried_once_fixed(app_relay, bed, granted):
+    secret_file = app_relay.root / "daemon.secret"
+    moved = app_relay.root / "daemon.secret.moved"
+    original = app_relay.config.read_text()
+    assert f"client_secret_file: {secret_file}\n" in original
+    offset = len(app_relay.journal_text())
+    try:
+        break_secret_file(app_relay, bed, secret_file, moved)
+        assert_setup_problem_refused(app_relay, bed, granted)
+        journal = journal_since(app_relay, offset)
+        reason = f"setup problem: cannot read client secret file {secret_file}: No such file or directory"
+        assert re.search(r"token setup problem .*app=%s reason=\"%s\" fix=\"%s\" retry_in=5" % (
+            APP, re.escape(reason), re.escape(APP_FIX)), journal), journal[-3000:]
+        assert "needs sign-in" not in journal
+        status = app_relay.cli("status")
+        assert status.returncode == 1, status.stdout + status.stderr
+        assert f"  error\n    {reason}\n    fix: {APP_FIX}\n" in status.stdout, status.stdout
+        assert "oauth-relay login" not in status.stdout
+
+        # Put back where relay.yaml says: the next login works, no reload, no waiting.
+        os.rename(moved, secret_file)
+        assert imap_login(app_relay, bed, granted.name, granted.password).startswith(b"a1 OK")
+
+        # Gone again; this time relay.yaml is pointed at where the file is now, and reloaded.
+        break_secret_file(app_relay, bed, secret_file, moved)
+        assert_setup_problem_refused(app_relay, bed, granted)
+        app_relay.config.write_text(original.replace(f"client_secret_file: {secret_file}\n",
+                                                     f"client_secret_file: {moved}\n"))
+        reload(app_relay)
+        assert imap_login(app_relay, bed, granted.name, granted.password).startswith(b"a1 OK")
+        assert smtp_auth(app_relay, bed, granted.name, granted.password)[0] == 235
+        status = app_relay.cli("status")
+        assert status.returncode == 0 and "  ok\n" in status.stdout, status.stdout + status.stderr
+    finally:
+        # Leave the relay working for later tests: the secret where relay.yaml names it (a
+        # file that appears again is retried at once, no reload needed).
+        named = moved if f"client_secret_file: {moved}\n" in app_relay.config.read_text() else secret_file
+        if not named.exists():
+            os.rename(moved if named == secret_file else secret_file, named)

@@ -72,3 +72,44 @@ def test_reload_without_a_running_relay_fails(relay_factory):
     relay = relay_factory()
     result = relay.reload_command("--wait", "--timeout", "2")
     assert result.returncode != 0 and "not running" in result.stderr
+
+
+def restart_only_error(relay, setting: str, old: str, new: str, line: int) -> str:
+    return (rf"^{re.escape(str(relay.config))}:{line}:{len(setting) + 3}: {setting}: changed from "
+            rf"{re.escape(str(relay.dir / old))} to {re.escape(str(relay.dir / new))}: this needs a restart, "
+            rf"not a reload \(.+\): systemctl restart oauth-relay, or set it back to {re.escape(str(relay.dir / old))}$")
+
+
+def test_a_new_state_dir_is_refused_until_a_restart(relay):
+    """Served from another state_dir, the relay would make an empty token store, a new key and
+    certificate there: every signed-in account would look lost."""
+    workers = sorted(relay.serving_pids())
+    relay.write_config(relay.config_text().replace("state_dir: state\n", "state_dir: state2\n"))
+    result = relay.reload_command("--wait", "--timeout", "20")
+    assert result.returncode != 0
+    assert re.search(restart_only_error(relay, "state_dir", "state", "state2", 2), result.stderr, re.M), result.stderr
+    assert not (relay.dir / "state2").exists()       # refused before anything was made there
+    assert relay.status()["generation"] == 1 and sorted(relay.serving_pids()) == workers
+    assert all(relay.answers(protocol) for protocol in relay.ports)
+
+
+def test_a_new_runtime_dir_is_refused_until_a_restart(relay):
+    # HUP itself: `reload` looks for the pid in the runtime_dir the file names now.
+    relay.write_config(relay.config_text().replace("runtime_dir: run\n", "runtime_dir: run2\n"))
+    relay.signal(signal.SIGHUP)
+    status = wait_for(lambda: relay.status().get("reloads") == 1 and relay.status(), 20, what="the reload outcome")
+    assert status["generation"] == 1 and status["last_reload"]["result"] == "refused"
+    (error,) = status["last_reload"]["errors"]
+    assert re.match(restart_only_error(relay, "runtime_dir", "run", "run2", 3), error), error
+    assert not (relay.dir / "run2").exists()
+    assert relay.answers("imap")
+
+
+def test_a_credential_file_the_relay_cannot_read_refuses_the_reload(relay):
+    relay.write_config(relay.config_text().replace(
+        "type: public}", "type: confidential, flow: client_credentials, client_secret_file: /nonexistent/secret}"))
+    result = relay.reload_command("--wait", "--timeout", "20")
+    assert result.returncode != 0
+    assert re.search(rf"^{re.escape(str(relay.config))}:\d+:\d+: apps.test.client_secret_file: cannot read "
+                     r"/nonexistent/secret: No such file or directory$", result.stderr, re.M), result.stderr
+    assert relay.status()["generation"] == 1 and relay.answers("smtp")

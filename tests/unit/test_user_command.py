@@ -10,7 +10,7 @@ from relay.passwords import verify_password
 RELAY = """\
 state_dir: state
 apps:
-  contoso: {client_id: abc, tenant: contoso.onmicrosoft.com, type: public}
+  contoso: {client_id: 11111111-2222-3333-4444-555555555555, tenant: contoso.onmicrosoft.com, type: public}
 """
 USERS = """\
 # Our users, maintained by the mail admin.
@@ -123,3 +123,14 @@ def test_passwd_repairs_a_broken_hash_and_refuses_unknown_users_before_asking(tm
     assert relay_cli(config, "check-config").returncode == 0
     unknown = relay_cli(config, "user", "passwd", "nobody", "--password-stdin", password="")
     assert unknown.returncode == 1 and "no user 'nobody'" in unknown.stderr
+
+
+def test_add_refuses_a_name_that_differs_only_in_case(tmp_path):
+    """Logins match names without regard to case, so 'Alice' would be the same user."""
+    config = setup_files(tmp_path)
+    result = relay_cli(config, "user", "add", "Alice", "--account", "other@contoso.com",
+                       "--password-stdin", password="x\n")
+    assert result.returncode == 1
+    assert result.stderr.strip() == ("user 'alice' already exists, and user names match without regard "
+                                     "to letter case")
+    assert (tmp_path / "users.yaml").read_text() == USERS
