@@ -23,10 +23,19 @@ WIRE_LOG_BUDGET = 256 * 1024   # of each direction's bytes, how many have chunks
                                # in full would journal ~100,000 lines and crawl at ~3 MB/s)
 
 
+class _End(BaseException):
+    """Thrown into a pump to stop it (idle timeout, or the grace after the other side ended).
+    A BaseException, so that no `except Exception` on the way swallows it."""
+
+
 class _Activity:
     def __init__(self) -> None:
         self.last = time.monotonic()
-        self.lost = ""   # set when a write failed: the side written to is gone
+        self.lost = ""     # set when a write failed: the side written to is gone
+        self.reason = ""   # why the pipe ended, set once by whatever ended it first
+        # Bytes each direction forwarded, kept here rather than returned: a pump that is
+        # stopped still has its count.
+        self.forwarded = {"client>upstream": 0, "upstream>client": 0}
 
 
 def _log_chunk(log, direction: str, data: bytes) -> None:
@@ -39,36 +48,43 @@ def _log_chunk(log, direction: str, data: bytes) -> None:
         journal.wire(log, direction, f"... {len(data) - WIRE_LOG_LIMIT} more bytes", redacted=True)
 
 
-def _pump(source, target, direction: str, activity: _Activity, log) -> int:
+def _pump(source, target, direction: str, activity: _Activity, log, on_end=None) -> None:
     total = since_yield = 0
-    while True:
-        try:
-            data = source.recv(CHUNK)
-        except (OSError, ValueError):
-            data = b""
-        if not data:
-            break
-        activity.last = time.monotonic()
-        if total < WIRE_LOG_BUDGET:
-            _log_chunk(log, direction, data)
-            if total + len(data) >= WIRE_LOG_BUDGET:
-                journal.wire(log, direction, "... the rest of this direction is not shown", redacted=True)
-        try:
-            target.sendall(data)
-        except (OSError, ValueError):
-            activity.lost = "upstream closed" if direction == "client>upstream" else "client closed"
-            break
-        total += len(data)
-        # gevent switches only when a socket would block; a stream that never waits (a big RETR
-        # on loopback) would starve every other session and the worker's heartbeat. Once per
-        # YIELD_EVERY bytes, not per chunk: a TLS read returns one 16 KiB record, and a hub round
-        # trip per record cost ~25% more CPU per forwarded byte (bench/README.md, "pipe").
-        since_yield += len(data)
-        if since_yield >= YIELD_EVERY:
-            since_yield = 0
-            gevent.sleep(0)
-    _half_close(target)
-    return total
+    try:
+        while True:
+            try:
+                data = source.recv(CHUNK)
+            except (OSError, ValueError):
+                data = b""
+            if not data:
+                break
+            activity.last = time.monotonic()
+            if total < WIRE_LOG_BUDGET:
+                _log_chunk(log, direction, data)
+                if total + len(data) >= WIRE_LOG_BUDGET:
+                    journal.wire(log, direction, "... the rest of this direction is not shown", redacted=True)
+            try:
+                target.sendall(data)
+            except (OSError, ValueError):
+                activity.lost = "upstream closed" if direction == "client>upstream" else "client closed"
+                break
+            total += len(data)
+            activity.forwarded[direction] = total
+            # gevent switches only when a socket would block; a stream that never waits (a big
+            # RETR on loopback) would starve every other session and the worker's heartbeat.
+            # Once per YIELD_EVERY bytes, not per chunk: a TLS read returns one 16 KiB record,
+            # and a hub round trip per record cost ~25% more CPU per forwarded byte
+            # (bench/README.md, "pipe").
+            since_yield += len(data)
+            if since_yield >= YIELD_EVERY:
+                since_yield = 0
+                gevent.sleep(0)
+    except _End:
+        pass
+    finally:   # also after an unexpected error: the other direction must not wait for ever
+        _half_close(target)
+        if on_end is not None:
+            on_end()
 
 
 def _half_close(sock) -> None:
@@ -85,7 +101,14 @@ def _half_close(sock) -> None:
 
 
 def run_pipe(client, upstream, idle_timeout: float, log, to_upstream: bytes = b"", to_client: bytes = b"") -> str:
-    """Pipe until either side ends or both are idle for `idle_timeout`. Returns why it ended."""
+    """Pipe until either side ends or both are idle for `idle_timeout`. Returns why it ended.
+
+    Two greenlets, not three: client>upstream runs in a greenlet of its own, upstream>client
+    in the caller's, and the idle check is a hub timer. Each greenlet blocked in a socket wait
+    holds ~10 KiB (its saved stack), and a session is mostly waiting (bench/analysis.md).
+    Not both directions in one greenlet: a blocking sendall in each direction can deadlock
+    when both peers write a lot at once.
+    """
     for sock in (client, upstream):
         sock.settimeout(None)
     activity = _Activity()
@@ -102,25 +125,47 @@ def run_pipe(client, upstream, idle_timeout: float, log, to_upstream: bytes = b"
                 pass
         log.info("session_closed", reason="peer closed during hand-over", sent=0, received=0)
         return "peer closed during hand-over"
-    up = gevent.spawn(_pump, client, upstream, "client>upstream", activity, log)
-    down = gevent.spawn(_pump, upstream, client, "upstream>client", activity, log)
-    reason = _wait(up, down, activity, idle_timeout)
-    reason = activity.lost or reason
-    gevent.joinall([up, down], timeout=CLOSE_GRACE)
-    gevent.killall([up, down], block=True, timeout=1)
-    for sock in (client, upstream):
-        try:
-            sock.close()
-        except OSError:
-            pass
-    log.info("session_closed", reason=reason, sent=up.value or 0, received=down.value or 0)
-    return reason
 
+    # Invariant: while activity.reason is empty, this greenlet is inside its _pump call (it sets
+    # a reason, without blocking, as soon as that call returns). So the timers below may throw
+    # into it, and they are closed before it leaves the pump.
+    here = gevent.getcurrent()
+    loop = gevent.get_hub().loop
+    idle = loop.timer(min(60.0, idle_timeout), min(60.0, idle_timeout))
+    grace = loop.timer(CLOSE_GRACE)
 
-def _wait(up, down, activity: _Activity, idle_timeout: float) -> str:
-    while True:
-        done = gevent.wait([up, down], timeout=min(60.0, idle_timeout), count=1)
-        if done:
-            return "client closed" if done[0] is up else "upstream closed"
+    def client_ended() -> None:   # in the client>upstream greenlet, its pump done
+        if not activity.reason:
+            activity.reason = "client closed"
+            idle.stop()
+            grace.start(here.throw, _End)   # upstream>client may finish within CLOSE_GRACE
+
+    def check_idle() -> None:     # in the hub
         if time.monotonic() - activity.last >= idle_timeout:
-            return "idle timeout"
+            activity.reason = "idle timeout"
+            idle.stop()
+            up.kill(_End, block=False)
+            here.throw(_End)
+
+    up = gevent.spawn(_pump, client, upstream, "client>upstream", activity, log, client_ended)
+    try:
+        idle.start(check_idle)
+        try:
+            _pump(upstream, client, "upstream>client", activity, log)
+        finally:
+            idle.close()
+            grace.close()
+            # Set even when this greenlet is being killed: client_ended must not arm `grace`.
+            activity.reason = activity.reason or "upstream closed"
+        up.join(CLOSE_GRACE)   # client>upstream may finish within CLOSE_GRACE
+    finally:
+        up.kill(_End, block=True, timeout=1)   # nothing when it ended; also if this greenlet is killed
+        for sock in (client, upstream):
+            try:
+                sock.close()
+            except OSError:
+                pass
+    reason = activity.lost or activity.reason
+    log.info("session_closed", reason=reason, sent=activity.forwarded["client>upstream"],
+             received=activity.forwarded["upstream>client"])
+    return reason
