@@ -55,7 +55,9 @@ def reload_command(config_path: str, wait: bool = False, timeout: float = 30.0) 
     runtime_dir = runtime_dir_of(config_path)
     pid = state.running_pid(runtime_dir)
     if pid is None:
-        print(f"The relay is not running (no live pid in {state.pid_path(runtime_dir)}).", file=sys.stderr)
+        print(f"The relay is not running (no live pid in {state.pid_path(runtime_dir)}). If you changed "
+              "runtime_dir in relay.yaml, a running relay still uses the old one: that change needs a "
+              "restart (systemctl restart oauth-relay).", file=sys.stderr)
         return 1
     before = _reloads(runtime_dir, pid)
     os.kill(pid, signal.SIGHUP)

@@ -94,8 +94,12 @@ def test_a_new_state_dir_is_refused_until_a_restart(relay):
 
 
 def test_a_new_runtime_dir_is_refused_until_a_restart(relay):
-    # HUP itself: `reload` looks for the pid in the runtime_dir the file names now.
     relay.write_config(relay.config_text().replace("runtime_dir: run\n", "runtime_dir: run2\n"))
+    # `reload` looks for the pid in the runtime_dir the file names now, finds none, and says
+    # what that may mean; the running relay is not touched.
+    result = relay.reload_command("--wait", "--timeout", "20")
+    assert result.returncode == 1 and "If you changed runtime_dir" in result.stderr, result.stderr
+    assert relay.status().get("reloads", 0) == 0
     relay.signal(signal.SIGHUP)
     status = wait_for(lambda: relay.status().get("reloads") == 1 and relay.status(), 20, what="the reload outcome")
     assert status["generation"] == 1 and status["last_reload"]["result"] == "refused"
