@@ -2,11 +2,13 @@
 relay in front of it.
 
 FakeUpstream listens on loopback with a certificate of the bed's CA and serves each
-connection in a thread of its own; a subclass speaks the protocol in _serve.
+connection in a thread of its own; a subclass speaks the protocol in _serve (or, behind
+implicit TLS, in ImplicitTlsFake._dialogue) and counts logins per user with _count_login.
 """
 
 from __future__ import annotations
 
+import base64
 import re
 import socket
 import ssl
@@ -18,6 +20,7 @@ from tests.e2e.harness import LISTENERS
 
 class FakeUpstream:
     def __init__(self, bed, directory: str):
+        self.attempts: Dict[str, int] = {}   # XOAUTH2 logins per user (set before serving starts)
         cert, key = bed.issue_cert(directory)
         self.context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         self.context.load_cert_chain(cert, key)
@@ -47,6 +50,29 @@ class FakeUpstream:
             thread.start()
 
     def _serve(self, conn: socket.socket) -> None:
+        raise NotImplementedError
+
+    def _count_login(self, xoauth2: bytes) -> str:
+        """The user a base64 XOAUTH2 response names, with this attempt counted."""
+        user = re.search(rb"user=([^\x01]*)", base64.b64decode(xoauth2)).group(1).decode()
+        self.attempts[user] = self.attempts.get(user, 0) + 1
+        return user
+
+
+class ImplicitTlsFake(FakeUpstream):
+    """TLS from the first byte (IMAPS, POP3S); the subclass speaks the protocol in _dialogue."""
+
+    def _serve(self, raw: socket.socket) -> None:
+        try:
+            raw.settimeout(30)
+            with self.context.wrap_socket(raw, server_side=True) as conn:
+                self._dialogue(conn, conn.makefile("rb"))
+        except (OSError, ssl.SSLError):
+            pass
+        finally:
+            raw.close()
+
+    def _dialogue(self, conn, lines) -> None:
         raise NotImplementedError
 
 

@@ -6,15 +6,12 @@ so the relay tries once, refreshes nothing and tells the client to try later; a 
 upstream is given up after `upstream.login_timeout`, which this relay has short.
 """
 
-import base64
 import re
-import socket
-import ssl
 import time
 
 import pytest
 
-from tests.e2e.fake_upstream import FakeUpstream, serve_only
+from tests.e2e.fake_upstream import ImplicitTlsFake, serve_only
 from tests.e2e.harness import Relay
 from tests.e2e.test_imap import RawImap, quoted
 
@@ -24,26 +21,12 @@ TRY_LATER = b"a1 NO [UNAVAILABLE] Office 365 is unavailable right now; try again
 BUSY = b"NO [UNAVAILABLE] Server is busy. Try again later."
 
 
-class FakeOffice365Imap(FakeUpstream):
+class FakeOffice365Imap(ImplicitTlsFake):
     """Implicit-TLS IMAP server: greeting, CAPABILITY, AUTHENTICATE XOAUTH2 with SASL-IR (answer
     chosen by the mailbox's local part), LOGOUT. Counts AUTHENTICATE attempts per mailbox."""
 
     CAPABILITIES = (b"IMAP4 IMAP4rev1 AUTH=PLAIN AUTH=XOAUTH2 SASL-IR UIDPLUS MOVE ID UNSELECT "
                     b"CHILDREN IDLE NAMESPACE LITERAL+")
-
-    def __init__(self, bed, directory: str):
-        self.attempts = {}
-        super().__init__(bed, directory)
-
-    def _serve(self, raw: socket.socket) -> None:
-        try:
-            raw.settimeout(30)
-            with self.context.wrap_socket(raw, server_side=True) as conn:
-                self._dialogue(conn, conn.makefile("rb"))
-        except (OSError, ssl.SSLError):
-            pass
-        finally:
-            raw.close()
 
     def _dialogue(self, conn, lines) -> None:
         conn.sendall(b"* OK The Microsoft Exchange IMAP4 service is ready. [fake]\r\n")
@@ -65,8 +48,7 @@ class FakeOffice365Imap(FakeUpstream):
                 conn.sendall(tag + b" BAD Command Error. 12\r\n")
 
     def _authenticate(self, conn, tag: bytes, answer: bytes) -> None:
-        mailbox = re.search(rb"user=([^\x01]*)", base64.b64decode(answer)).group(1).decode()
-        self.attempts[mailbox] = self.attempts.get(mailbox, 0) + 1
+        mailbox = self._count_login(answer)
         kind = mailbox.split("-")[0]
         if kind == "busy":
             conn.sendall(tag + b" " + BUSY + b"\r\n")

@@ -6,15 +6,13 @@ only after seconds (as Office 365 does), or never answer. This relay also has a 
 time limit, so the time-out tests take seconds.
 """
 
-import base64
 import re
 import socket
-import ssl
 import time
 
 import pytest
 
-from tests.e2e.fake_upstream import FakeUpstream, serve_only
+from tests.e2e.fake_upstream import ImplicitTlsFake, serve_only
 from tests.e2e.harness import Relay, wait_for
 from tests.e2e.pop3_support import RawPop3, plain
 
@@ -23,23 +21,9 @@ LOGIN_TIMEOUT = 3
 SLOW_REFUSAL = 1.0   # seconds Office 365 takes to say no to a token (several, in real life)
 
 
-class FakeOffice365Pop(FakeUpstream):
+class FakeOffice365Pop(ImplicitTlsFake):
     """TLS POP3 server: greeting, CAPA, two-step AUTH XOAUTH2 (answer chosen by the mailbox's
     local part), STAT, QUIT. Counts AUTH attempts per mailbox."""
-
-    def __init__(self, bed, directory: str):
-        self.attempts = {}
-        super().__init__(bed, directory)
-
-    def _serve(self, raw: socket.socket) -> None:
-        try:
-            raw.settimeout(30)
-            with self.context.wrap_socket(raw, server_side=True) as conn:
-                self._dialogue(conn, conn.makefile("rb"))
-        except (OSError, ssl.SSLError):
-            pass
-        finally:
-            raw.close()
 
     def _dialogue(self, conn, lines) -> None:
         conn.sendall(b"+OK The Microsoft Exchange POP3 service is ready. [fake]\r\n")
@@ -63,8 +47,7 @@ class FakeOffice365Pop(FakeUpstream):
                 conn.sendall(b"-ERR Protocol error.\r\n")
 
     def _authenticate(self, conn, answer: bytes) -> None:
-        mailbox = re.search(rb"user=([^\x01]*)", base64.b64decode(answer)).group(1).decode()
-        self.attempts[mailbox] = self.attempts.get(mailbox, 0) + 1
+        mailbox = self._count_login(answer)
         kind = mailbox.split("-")[0]
         if kind == "inuse":
             conn.sendall(b"-ERR [IN-USE] Unable to lock maildrop.\r\n")

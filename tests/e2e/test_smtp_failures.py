@@ -291,10 +291,6 @@ class FakeOffice365Smtp(FakeUpstream):
         "busy421": "421 4.7.66 Too many concurrent connections from this client. Try again later. [AM0PR01CA0001]",
     }
 
-    def __init__(self, bed, directory: str):
-        self.attempts = {}
-        super().__init__(bed, directory)
-
     def _serve(self, conn: socket.socket) -> None:
         conn.settimeout(10)
         try:
@@ -329,8 +325,7 @@ class FakeOffice365Smtp(FakeUpstream):
 
     def _authenticate(self, conn, response: bytes) -> bool:
         """Answer one AUTH XOAUTH2; False when the connection is to end."""
-        account = re.search(rb"user=([^\x01]*)", base64.b64decode(response)).group(1).decode()
-        self.attempts[account] = self.attempts.get(account, 0) + 1
+        account = self._count_login(response)
         kind = account.split("-")[0]
         if kind == "silent":
             self.closing.wait(LOGIN_TIMEOUT + 5)
